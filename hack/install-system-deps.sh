@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the peers and the tests need. Idempotent; safe on a fresh machine.
+set -euo pipefail
+
+packages=(golang-go golang-github-vmware-govmomi-dev golang-github-modern-go-reflect2-dev
+          etcd-server openssl rsync make dpkg-dev ca-certificates prometheus lua5.4)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+# kube-apiserver is built from Debian's source package, so apt needs deb-src entries.
+src_list=/etc/apt/sources.list.d/vtpm-operator-src.sources
+if [ ! -f "$src_list" ]; then
+  sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources > "$src_list"
+  need_update=1
+fi
+
+if [ "${#missing[@]}" -gt 0 ] || [ -n "${need_update:-}" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  [ "${#missing[@]}" -gt 0 ] && apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian's etcd-server package may start a system etcd on 2379; the peers use their own ports.
+systemctl disable --now etcd >/dev/null 2>&1 || true
+echo "system packages ready"

@@ -1,0 +1,141 @@
+"""Fixtures for the two real peers: a Kubernetes API server and vCenter (hack/testbed).
+
+- ``control_plane`` (session): a fresh local control plane, or the cluster ``$KUBECONFIG`` points at
+  when ``VTPM_USE_EXISTING_CLUSTER=1``.
+- ``kube_api`` (session): a ``kubernetes.client.ApiClient`` for it (admin).
+- ``crd_installed`` (session): ``crds/vtpmpolicies.yaml`` applied and Established; returns the CRD name.
+- ``namespace`` (function): a fresh namespace, deleted after the test.
+- ``kubectl`` (session): runs /usr/bin/kubectl against the control plane.
+- ``simulator`` (function): a fresh vCenter simulator with vCenter's vTPM rules.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from testbed.kube import ControlPlane, control_plane_from_kubeconfig, running_control_plane
+from testbed.vcsim import Simulator, build_simulator, make_tls, running_simulator
+
+REPO = Path(__file__).resolve().parent.parent
+CRD_FILE = REPO / "crds" / "vtpmpolicies.yaml"
+KUBECTL = "/usr/bin/kubectl"
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    kubeconfig = os.environ.get("KUBECONFIG")
+    if kubeconfig and os.environ.get("VTPM_USE_EXISTING_CLUSTER") == "1":
+        yield control_plane_from_kubeconfig(Path(kubeconfig))
+        return
+    with running_control_plane(tmp_path_factory.mktemp("control-plane")) as cp:
+        yield cp
+
+
+@pytest.fixture(scope="session")
+def kube_api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture(scope="session")
+def kubectl(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
+    """``kubectl(*args, check=True, input=None)`` with the control plane's kubeconfig; returns the result."""
+    cache = tmp_path_factory.mktemp("kubectl-cache")
+
+    def run(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [KUBECTL, f"--kubeconfig={control_plane.kubeconfig}", f"--cache-dir={cache}", *args]
+        result = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=120)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(argv)} exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    return run
+
+
+def _established(crd: Any) -> bool:
+    conditions = (crd.status and crd.status.conditions) or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+
+@pytest.fixture(scope="session")
+def crd_installed(kube_api: client.ApiClient) -> str:
+    """Create or replace the VTPMPolicy CRD and wait until it is Established."""
+    body = yaml.safe_load(CRD_FILE.read_text())
+    name: str = body["metadata"]["name"]
+    ext = client.ApiextensionsV1Api(kube_api)
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(name)
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(name, body)
+    deadline = time.monotonic() + 60
+    while not _established(ext.read_custom_resource_definition(name)):
+        assert time.monotonic() < deadline, f"CRD {name} not Established after 60s"
+        time.sleep(0.2)
+    return name
+
+
+@pytest.fixture
+def namespace(kube_api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test; deleted afterwards (the namespace controller empties it)."""
+    core = client.CoreV1Api(kube_api)
+    prefix = (
+        "t-" + "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower())[:40].strip("-") + "-"
+    )
+    ns = core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(generate_name=prefix)))
+    name: str = ns.metadata.name
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+# --- vCenter simulator (hack/vcsim): a fresh one per test; inventory size by indirect
+# parametrisation, e.g. @pytest.mark.parametrize("simulator", [{"vms": 8}], indirect=True).
+
+
+@pytest.fixture(scope="session")
+def _vcsim_binary() -> Path:
+    return build_simulator()  # cached by source hash; a cold build takes ~30-50 s
+
+
+@pytest.fixture(scope="session")
+def _vcsim_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    return make_tls(tmp_path_factory.mktemp("vcsim-tls"))
+
+
+@pytest.fixture
+def simulator(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    _vcsim_binary: Path,
+    _vcsim_tls: tuple[Path, Path, Path],
+) -> Iterator[Simulator]:
+    options = getattr(request, "param", {})
+    with running_simulator(tmp_path / "vcsim", binary=_vcsim_binary, tls=_vcsim_tls, **options) as sim:
+        yield sim
