@@ -1,0 +1,163 @@
+"""The VTPMPolicy status as a pure function of the previous status and what a sync found.
+
+Conditions follow metav1.Condition and kstatus: one top-level Ready, the abnormal-true
+Reconciling and Stalled, and Compliant. lastTransitionTime moves only when a status flips.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from vtpm_operator.planning import VMOutcome, VMState
+from vtpm_operator.problems import PolicyProblem
+from vtpm_operator.sync import SyncResult
+
+MAX_VMS_IN_STATUS = 100  # keeps the object far below etcd's size limit at any fleet size
+# Most actionable first: what failed, then what needs a person, then what would change.
+_ATTENTION = {VMState.FAILED: 0, VMState.BLOCKED: 1, VMState.NON_COMPLIANT: 2, VMState.PENDING: 3}
+
+
+_IDLE = "no changes in flight"
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str  # "True", "False" or "Unknown"
+    reason: str
+    message: str  # never empty: the CRD, like metav1.Condition, requires one
+
+
+def conditions_for(outcome: SyncResult | PolicyProblem) -> tuple[Condition, ...]:
+    if isinstance(outcome, PolicyProblem):
+        return (
+            Condition("Ready", "False", outcome.reason, outcome.message),
+            Condition("Reconciling", "False", "Idle", _IDLE),
+            Condition("Stalled", "False" if outcome.transient else "True", outcome.reason, outcome.message),
+            Condition("Compliant", "Unknown", outcome.reason, "vCenter could not be read"),
+        )
+    stalled = _stalled(outcome)
+    compliant = _compliant(outcome)
+    if outcome.in_flight:
+        pending = outcome.count(VMState.PENDING)
+        reconciling = Condition("Reconciling", "True", "ApplyingChanges", f"changing {pending} VMs")
+        ready = Condition("Ready", "False", "Reconciling", reconciling.message)
+    else:
+        reconciling = Condition("Reconciling", "False", "Idle", _IDLE)
+        if compliant.status == "True":
+            ready = Condition("Ready", "True", "Compliant", compliant.message)
+        elif stalled.status == "True":
+            ready = Condition("Ready", "False", stalled.reason, stalled.message)
+        elif outcome.count(VMState.FAILED):
+            ready = Condition("Ready", "False", "VMsFailed", compliant.message)
+        else:
+            ready = Condition("Ready", "False", "NotCompliant", compliant.message)
+    return ready, reconciling, stalled, compliant
+
+
+def _compliant(result: SyncResult) -> Condition:
+    matched = len(result.outcomes)
+    if matched == 0:
+        return Condition("Compliant", "True", "NoVMsMatched", "no VM carries the selected tags")
+    by_state = Counter(o.state for o in result.outcomes)
+    off = matched - by_state[VMState.COMPLIANT]
+    if off == 0:
+        return Condition("Compliant", "True", "AllCompliant", f"all {matched} VMs are compliant")
+    parts = ", ".join(f"{by_state[state]} {state.value}" for state in _ATTENTION if by_state[state])
+    return Condition(
+        "Compliant", "False", "VMsNotCompliant", f"{off} of {matched} VMs are not compliant: {parts}"
+    )
+
+
+def _stalled(result: SyncResult) -> Condition:
+    blocked = [o for o in result.outcomes if o.state is VMState.BLOCKED]
+    reasons = Counter(reason for o in blocked for reason in o.reasons)
+    blocked_text = ""
+    if blocked:
+        listed = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+        blocked_text = f"{len(blocked)} VMs are blocked ({listed}); see status.vms"
+    if result.notes:
+        messages = [note.message for note in result.notes] + ([blocked_text] if blocked_text else [])
+        return Condition("Stalled", "True", result.notes[0].reason.value, "; ".join(messages))
+    if blocked:
+        return Condition("Stalled", "True", "VMsBlocked", blocked_text)
+    return Condition("Stalled", "False", "NotStalled", "nothing waits for a person")
+
+
+def merge_conditions(
+    previous: Sequence[Mapping[str, Any]], new: Sequence[Condition], generation: int, now: datetime
+) -> list[dict[str, Any]]:
+    before = {c.get("type"): c for c in previous}
+    merged = []
+    for condition in new:
+        old = before.get(condition.type)
+        flipped = old is None or old.get("status") != condition.status
+        merged.append(
+            {
+                "type": condition.type,
+                "status": condition.status,
+                "reason": condition.reason,
+                "message": condition.message,
+                "observedGeneration": generation,
+                "lastTransitionTime": _timestamp(now)
+                if flipped or old is None
+                else old["lastTransitionTime"],
+            }
+        )
+    return merged
+
+
+def build_status(
+    previous: Mapping[str, Any] | None,
+    outcome: SyncResult | PolicyProblem,
+    *,
+    generation: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status to write. After a PolicyProblem, summary and vms keep the last sync's values."""
+    previous = previous or {}
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(
+            previous.get("conditions") or [], conditions_for(outcome), generation, now
+        ),
+    }
+    if isinstance(outcome, SyncResult):
+        earlier_total = int((previous.get("summary") or {}).get("remediatedTotal", 0))
+        status["summary"] = summary(outcome, earlier_total)
+        status["vms"] = vm_entries(outcome.outcomes)
+        if not outcome.in_flight:
+            status["lastSyncTime"] = _timestamp(now)
+    return status
+
+
+def summary(result: SyncResult, earlier_remediated_total: int) -> dict[str, int]:
+    return {
+        "matched": len(result.outcomes),
+        "compliant": result.count(VMState.COMPLIANT),
+        "nonCompliant": result.count(VMState.NON_COMPLIANT),
+        "pending": result.count(VMState.PENDING),
+        "blocked": result.count(VMState.BLOCKED),
+        "failed": result.count(VMState.FAILED),
+        "drifted": result.drifted,
+        "remediatedTotal": earlier_remediated_total + result.remediated,
+    }
+
+
+def vm_entries(outcomes: Sequence[VMOutcome]) -> list[dict[str, Any]]:
+    attention = sorted(
+        (o for o in outcomes if o.state is not VMState.COMPLIANT),
+        key=lambda o: (_ATTENTION[o.state], o.name, o.id),
+    )
+    return [
+        {"name": o.name, "id": o.id, "state": o.state.value, "reasons": list(o.reasons), "message": o.message}
+        for o in attention[:MAX_VMS_IN_STATUS]
+    ]
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
