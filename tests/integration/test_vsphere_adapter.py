@@ -1,0 +1,159 @@
+"""The vSphere adapter against the simulator over the wire: bulk reads, refusals, sessions, TLS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pyVmomi import vim
+
+from testbed.fleet import CATEGORY, EXEMPT_TAG, REQUIRED_TAG, VMSpec, build_fleet
+from testbed.vcsim import Simulator, connect, disconnect, wait_task
+from vtpm_operator.planning import VMState, make_plan
+from vtpm_operator.policy import Policy, TagRef, VCenterRef
+from vtpm_operator.problems import PolicyProblem, ProblemReason
+from vtpm_operator.sync import run_sync
+from vtpm_operator.vsphere.client import VSphereClient
+from vtpm_operator.vsphere.session import Credentials, Endpoint, VCenterSession
+
+
+def policy_for(sim: Simulator, **overrides: object) -> Policy:
+    fields: dict[str, object] = {
+        "vcenter": VCenterRef(sim.server, "unused"),
+        "tags": (TagRef(CATEGORY, REQUIRED_TAG),),
+        "exclude_tags": (TagRef(CATEGORY, EXEMPT_TAG),),
+    }
+    fields.update(overrides)
+    return Policy(**fields)  # type: ignore[arg-type]
+
+
+def client_for(sim: Simulator, *, password: str | None = None, ca_pem: str | None = None) -> VSphereClient:
+    endpoint = Endpoint(sim.server, ca_pem=ca_pem if ca_pem is not None else sim.ca_file.read_text())
+    return VSphereClient(VCenterSession(endpoint, Credentials(sim.username, password or sim.password)))
+
+
+def reads_for_fleet(sim: Simulator, size: int) -> dict[str, int]:
+    build_fleet(sim, [VMSpec(f"vm-{i:03d}") for i in range(size)])
+    vsphere = client_for(sim)
+    try:
+        vsphere.read_inventory(policy_for(sim))  # logs in, learns guest OS support
+        sim.admin.reset_call_counts()
+        inventory = vsphere.read_inventory(policy_for(sim))
+    finally:
+        vsphere.close()
+    assert len(inventory.vms) == size
+    return sim.admin.call_counts()
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 40}], indirect=True)
+def test_reading_forty_vms_costs_the_same_round_trips_as_reading_four(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    large = reads_for_fleet(simulator, 40)
+    # The same sync over a fleet ten times smaller, on a fresh simulator of the same shape.
+    from testbed.vcsim import running_simulator
+
+    with running_simulator(tmp_path / "small", vms=4) as small_sim:
+        small = reads_for_fleet(small_sim, 4)
+    assert large == small
+    assert large["RetrievePropertiesEx"] <= 3  # VMs, their recent tasks, their hosts
+    assert large["HasPrivilegeOnEntities"] == 1
+    assert "QueryConfigOptionEx" not in large  # answered once per session
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 3}], indirect=True)
+def test_a_vm_powered_on_after_the_read_fails_with_vcenters_fault(simulator: Simulator) -> None:
+    fleet = build_fleet(simulator, [VMSpec("racer"), VMSpec("calm")])
+    vsphere = client_for(simulator)
+    policy = policy_for(simulator)
+    try:
+        plan = make_plan(vsphere.read_inventory(policy), policy)
+        assert {c.vm.name for c in plan.changes} == {"racer", "calm"}
+        si = connect(simulator)  # someone powers a VM on between the read and the change
+        try:
+            wait_task(si, vim.VirtualMachine(fleet.ids["racer"], si._stub).PowerOnVM_Task())
+        finally:
+            disconnect(si)
+        errors = vsphere.apply(plan.changes, policy)
+        after = vsphere.read_vms(list(fleet.ids.values()), policy)
+    finally:
+        vsphere.close()
+    assert errors[fleet.ids["calm"]] is None
+    assert "InvalidPowerState" in str(errors[fleet.ids["racer"]])
+    assert after[fleet.ids["calm"]].has_vtpm
+    assert not after[fleet.ids["racer"]].has_vtpm
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_failed_task_is_reported_failed_and_the_next_sync_retries(simulator: Simulator) -> None:
+    fleet = build_fleet(simulator, [VMSpec("a")])
+    simulator.admin.inject_fault(method="ReconfigVM_Task", count=1, fault="SystemError")
+    vsphere = client_for(simulator)
+    try:
+        first = run_sync(vsphere, policy_for(simulator), frozenset())
+        second = run_sync(vsphere, policy_for(simulator), first.compliant_ids)
+    finally:
+        vsphere.close()
+    (outcome,) = first.outcomes
+    assert outcome.state is VMState.FAILED
+    assert "SystemError" in outcome.message
+    assert first.remediated == 0
+    assert [o.state for o in second.outcomes] == [VMState.COMPLIANT]
+    assert second.remediated_ids == {fleet.ids["a"]}
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_expired_session_is_renewed_once(simulator: Simulator) -> None:
+    build_fleet(simulator, [VMSpec("a")])
+    vsphere = client_for(simulator)
+    try:
+        vsphere.read_inventory(policy_for(simulator))
+        assert simulator.admin.expire_sessions() >= 1
+        simulator.admin.reset_call_counts()
+        inventory = vsphere.read_inventory(policy_for(simulator))
+    finally:
+        vsphere.close()
+    assert len(inventory.vms) == 1
+    assert simulator.admin.call_counts()["Login"] == 1
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 1}], indirect=True)
+def test_stopped_endpoint_is_unreachable_then_recovers(simulator: Simulator) -> None:
+    build_fleet(simulator, [VMSpec("a")])
+    vsphere = client_for(simulator)
+    try:
+        vsphere.read_inventory(policy_for(simulator))
+        simulator.admin.stop_endpoint()
+        with pytest.raises(PolicyProblem) as problem:
+            vsphere.read_inventory(policy_for(simulator))
+        assert problem.value.reason is ProblemReason.VCENTER_UNREACHABLE
+        assert problem.value.transient
+        simulator.admin.start_endpoint()
+        assert len(vsphere.read_inventory(policy_for(simulator)).vms) == 1
+    finally:
+        vsphere.close()
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 1}], indirect=True)
+def test_wrong_password_and_untrusted_certificate_are_named(simulator: Simulator, tmp_path: Path) -> None:
+    with pytest.raises(PolicyProblem) as refused:
+        client_for(simulator, password="not-it").read_inventory(policy_for(simulator))
+    assert refused.value.reason is ProblemReason.AUTHENTICATION_FAILED
+    assert "not-it" not in refused.value.message
+    from testbed.vcsim import make_tls
+
+    other_ca, _, _ = make_tls(tmp_path / "other")
+    with pytest.raises(PolicyProblem) as untrusted:
+        client_for(simulator, ca_pem=other_ca.read_text()).read_inventory(policy_for(simulator))
+    assert untrusted.value.reason is ProblemReason.CERTIFICATE_NOT_TRUSTED
+    assert not untrusted.value.transient
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 1}], indirect=True)
+def test_unknown_exclude_tag_stops_the_sync(simulator: Simulator) -> None:
+    build_fleet(simulator, [VMSpec("a")])
+    policy = policy_for(simulator, exclude_tags=(TagRef(CATEGORY, "typo"),))
+    with pytest.raises(PolicyProblem) as problem:
+        client_for(simulator).read_inventory(policy)
+    assert problem.value.reason is ProblemReason.TAG_NOT_FOUND
+    assert "security/typo" in problem.value.message
