@@ -1,0 +1,158 @@
+"""vtpm-operator run | audit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vtpm_operator.planning import VMState, make_plan
+from vtpm_operator.policy import DesiredVTPM, Mode, Policy, TagRef, VCenterRef
+from vtpm_operator.problems import PolicyProblem
+from vtpm_operator.vsphere.client import VSphereClient
+from vtpm_operator.vsphere.session import Credentials, Endpoint, VCenterSession
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vtpm-operator", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="watch policies in every namespace"
+    )
+    scope.add_argument(
+        "--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)"
+    )
+    run.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--metrics-port", type=int, default=9100, help="Prometheus port; 0 turns it off")
+    run.add_argument("--metrics-address", default="0.0.0.0")
+    run.add_argument("--verbose", "-v", action="store_true")
+
+    audit = commands.add_parser("audit", help="one read-only check of a tag selection, without Kubernetes")
+    audit.add_argument("--server", required=True, help="vCenter host or host:port")
+    audit.add_argument("--username", required=True)
+    audit.add_argument(
+        "--password-env",
+        default="VTPM_PASSWORD",
+        help="environment variable holding the password (default %(default)s)",
+    )
+    audit.add_argument("--ca-file", type=Path, help="CA that signs vCenter's certificate")
+    audit.add_argument("--insecure-skip-verify", action="store_true")
+    audit.add_argument("--tag", action="append", required=True, metavar="CATEGORY/NAME", type=_tag)
+    audit.add_argument("--exclude-tag", action="append", default=[], metavar="CATEGORY/NAME", type=_tag)
+    audit.add_argument("--vtpm", choices=[d.value for d in DesiredVTPM], default=DesiredVTPM.PRESENT.value)
+    audit.add_argument("--key-provider", default=None)
+    audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    return _audit(args)
+
+
+def _tag(text: str) -> TagRef:
+    category, sep, name = text.partition("/")
+    if not sep or not category or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not CATEGORY/NAME")
+    return TagRef(category, name)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    import vtpm_operator.kube.handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    kopf.configure(verbose=args.verbose)
+    os.environ["VTPM_METRICS_PORT"] = str(args.metrics_port)
+    os.environ["VTPM_METRICS_ADDRESS"] = args.metrics_address
+    kopf.run(
+        standalone=True,
+        clusterwide=args.all_namespaces or not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """Exit 0 when every selected VM complies, 1 when some do not, 2 when vCenter could not be read."""
+    password = os.environ.get(args.password_env)
+    if not password:
+        print(f"set the password in ${args.password_env}", file=sys.stderr)
+        return 2
+    policy = Policy(
+        vcenter=VCenterRef(
+            args.server, credentials_secret="-", insecure_skip_verify=args.insecure_skip_verify
+        ),
+        tags=tuple(args.tag),
+        exclude_tags=tuple(args.exclude_tag),
+        vtpm=DesiredVTPM(args.vtpm),
+        mode=Mode.AUDIT,
+        key_provider=args.key_provider,
+    )
+    endpoint = Endpoint(
+        args.server,
+        ca_pem=args.ca_file.read_text() if args.ca_file else None,
+        insecure_skip_verify=args.insecure_skip_verify,
+    )
+    vsphere = VSphereClient(VCenterSession(endpoint, Credentials(args.username, password)))
+    try:
+        plan = make_plan(vsphere.read_inventory(policy), policy)
+    except PolicyProblem as problem:
+        print(f"{problem.reason}: {problem.message}", file=sys.stderr)
+        return 2
+    finally:
+        vsphere.close()
+    rows = sorted(plan.outcomes, key=lambda o: (o.name, o.id))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "vms": [
+                        {
+                            "name": o.name,
+                            "id": o.id,
+                            "state": o.state.value,
+                            "reasons": list(o.reasons),
+                            "message": o.message,
+                        }
+                        for o in rows
+                    ],
+                    "notes": [{"reason": n.reason.value, "message": n.message} for n in plan.notes],
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(
+            _table(
+                ["NAME", "ID", "STATE", "REASONS", "MESSAGE"],
+                [[o.name, o.id, o.state.value, ",".join(o.reasons) or "-", o.message or "-"] for o in rows],
+            )
+        )
+        for note in plan.notes:
+            print(f"\n{note.reason}: {note.message}")
+    return 0 if all(o.state is VMState.COMPLIANT for o in rows) else 1
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

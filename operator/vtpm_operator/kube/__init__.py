@@ -1,0 +1,1 @@
+"""The Kubernetes layer: the only code that imports kopf or the kubernetes client."""

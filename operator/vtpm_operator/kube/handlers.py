@@ -1,0 +1,44 @@
+"""Kopf handlers: they only translate between Kopf and the worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+import kubernetes
+
+from vtpm_operator import metrics
+from vtpm_operator.events import Notice
+from vtpm_operator.kube.worker import GROUP, PLURAL, VERSION, PolicyWorker
+
+PREFIX = "vtpm-operator.io"
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # events come from the worker's summaries, not from log lines
+    settings.watching.server_timeout = 300
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    port = int(os.environ.get("VTPM_METRICS_PORT", "9100"))
+    if port:
+        metrics.serve(port, os.environ.get("VTPM_METRICS_ADDRESS", "0.0.0.0"))
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, id="keep-policy", cancellation_timeout=60.0)
+def keep_policy(
+    stopped: kopf.DaemonStopped, name: str, namespace: str | None, body: kopf.Body, **_: Any
+) -> None:
+    def emit(notice: Notice) -> None:
+        kopf.event(body, type=notice.type, reason=notice.reason, message=notice.message[:1000])
+
+    PolicyWorker(namespace or "", name, body, emit).run(stopped)
