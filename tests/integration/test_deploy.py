@@ -1,0 +1,483 @@
+"""deploy/: alert rules (promtool), Argo CD health script (Lua), RBAC and manifests (real API server)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lupa.lua51  # Argo CD runs health scripts with gopher-lua, a Lua 5.1
+import pytest
+import yaml
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+MONITORING = DEPLOY / "monitoring"
+ARGOCD = DEPLOY / "argocd"
+PROMTOOL = "/usr/bin/promtool"
+GROUP, VERSION, PLURAL = "vtpm-operator.io", "v1alpha1", "vtpmpolicies"
+
+ALERTS = {
+    "VTPMPolicyNotCompliant",
+    "VTPMPolicyStalled",
+    "VTPMPolicySyncStale",
+    "VTPMOperatorReconcileErrors",
+    "VTPMOperatorDown",
+    "VTPMPolicyDrift",
+}
+METRICS = {
+    "vtpm_operator_reconcile_total",
+    "vtpm_operator_reconcile_duration_seconds",
+    "vtpm_operator_vms",
+    "vtpm_operator_vms_drifted",
+    "vtpm_operator_remediations_total",
+    "vtpm_operator_vcenter_requests_total",
+    "vtpm_operator_last_successful_sync_timestamp_seconds",
+    "vtpm_operator_policy_condition",
+}
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def load_all(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+# --- Prometheus rules ---------------------------------------------------------------------------
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=120, cwd=MONITORING)
+
+
+def test_promtool_check_rules() -> None:
+    result = promtool("check", "rules", "rules.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout
+
+
+def test_promtool_unit_tests_pass() -> None:
+    result = promtool("test", "rules", "rules_test.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_rules_define_exactly_the_alerts() -> None:
+    rules = [rule for group in load(MONITORING / "rules.yaml")["groups"] for rule in group["rules"]]
+    assert {rule["alert"] for rule in rules} == ALERTS
+    assert len(rules) == len(ALERTS)
+    for rule in rules:
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    assert next(r for r in rules if r["alert"] == "VTPMPolicyNotCompliant")["for"] == "15m"
+
+
+def test_rules_use_only_exported_metrics() -> None:
+    used: set[str] = set()
+    for group in load(MONITORING / "rules.yaml")["groups"]:
+        for rule in group["rules"]:
+            used |= set(re.findall(r"\bvtpm_operator_[a-z_]+", rule["expr"]))
+    assert used, "no operator metric used"
+    assert used <= METRICS, used - METRICS
+
+
+def test_rule_unit_tests_cover_every_alert_firing_and_silent() -> None:
+    firing: set[str] = set()
+    silent: set[str] = set()
+    for case in load(MONITORING / "rules_test.yaml")["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (firing if check.get("exp_alerts") else silent).add(check["alertname"])
+    assert firing == ALERTS
+    assert silent == ALERTS
+
+
+def test_prometheusrule_matches_plain_rules_file() -> None:
+    rule = load(MONITORING / "prometheusrule.yaml")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["kind"] == "PrometheusRule"
+    assert rule["spec"]["groups"] == load(MONITORING / "rules.yaml")["groups"]
+
+
+# --- Argo CD health -------------------------------------------------------------------------------
+
+HEALTH_SCRIPT = (ARGOCD / "health-vtpmpolicy.lua").read_text()
+
+
+def condition(ctype: str, status: str, reason: str = "Reason", message: str = "") -> dict[str, Any]:
+    return {"type": ctype, "status": status, "reason": reason, "message": message}
+
+
+def vtpm_obj(generation: int = 2, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VTPMPolicy",
+        "metadata": {"name": "p", "namespace": "prod", "generation": generation},
+        "spec": {"vtpm": "Present"},
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def status(*conditions: dict[str, Any], observed: int = 2) -> dict[str, Any]:
+    return {"observedGeneration": observed, "conditions": list(conditions), "summary": {"matched": 3}}
+
+
+def run_health(obj: dict[str, Any]) -> tuple[str, str]:
+    lua = lupa.lua51.LuaRuntime(unpack_returned_tuples=True)
+    lua.globals().obj = lua.table_from(obj, recursive=True)
+    result = lua.execute(HEALTH_SCRIPT)
+    return str(result["status"]), str(result["message"])
+
+
+HEALTH_CASES: list[tuple[str, dict[str, Any], str, str]] = [
+    ("no status yet", vtpm_obj(1), "Progressing", "generation 1"),
+    ("status without observedGeneration", vtpm_obj(1, {"conditions": []}), "Progressing", "generation 1"),
+    (
+        "status older than spec",
+        vtpm_obj(3, status(condition("Ready", "True"), observed=2)),
+        "Progressing",
+        "generation 3",
+    ),
+    (
+        "ready",
+        vtpm_obj(2, status(condition("Ready", "True", "Compliant", "3 of 3 VMs compliant"))),
+        "Healthy",
+        "3 of 3 VMs compliant",
+    ),
+    (
+        "reconciling",
+        vtpm_obj(2, status(condition("Ready", "False", "Reconciling"), condition("Reconciling", "True"))),
+        "Progressing",
+        "Reason",
+    ),
+    (
+        "stalled wins over reconciling",
+        vtpm_obj(
+            2,
+            status(
+                condition("Ready", "False", "SecretNotFound", "Secret prod/vcenter-creds not found"),
+                condition("Stalled", "True", "SecretNotFound", "Secret prod/vcenter-creds not found"),
+                condition("Reconciling", "True"),
+            ),
+        ),
+        "Degraded",
+        "Secret prod/vcenter-creds not found",
+    ),
+    (
+        "vcenter unreachable while retrying",
+        vtpm_obj(
+            2,
+            status(
+                condition("Ready", "False", "VCenterUnreachable", "connection refused"),
+                condition("Reconciling", "True", "Retrying"),
+                condition("Stalled", "False"),
+            ),
+        ),
+        "Degraded",
+        "connection refused",
+    ),
+    (
+        "authentication failed",
+        vtpm_obj(2, status(condition("Ready", "False", "AuthenticationFailed"))),
+        "Degraded",
+        "AuthenticationFailed",
+    ),
+    (
+        "failed VMs, nothing in flight",
+        vtpm_obj(
+            2,
+            status(
+                condition("Ready", "False", "VMsFailed", "1 VM failed"),
+                condition("Reconciling", "False"),
+                condition("Stalled", "False"),
+            ),
+        ),
+        "Degraded",
+        "1 VM failed",
+    ),
+    ("ready unknown", vtpm_obj(2, status(condition("Ready", "Unknown"))), "Progressing", "first sync"),
+    ("no conditions yet", vtpm_obj(2, {"observedGeneration": 2}), "Progressing", "first sync"),
+]
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected", "message"), [c[1:] for c in HEALTH_CASES], ids=[c[0] for c in HEALTH_CASES]
+)
+def test_argocd_health(obj: dict[str, Any], expected: str, message: str) -> None:
+    health, text = run_health(obj)
+    assert health == expected
+    assert message in text
+
+
+def test_argocd_cm_patch_embeds_the_same_script() -> None:
+    patch = load(ARGOCD / "argocd-cm-patch.yaml")
+    assert patch["kind"] == "ConfigMap" and patch["metadata"]["name"] == "argocd-cm"
+    assert patch["data"]["resource.customizations.health.vtpm-operator.io_VTPMPolicy"] == HEALTH_SCRIPT
+
+
+# --- Manifests ------------------------------------------------------------------------------------
+
+
+def kustomization_resources() -> list[dict[str, Any]]:
+    kustomization = load(DEPLOY / "kustomization.yaml")
+    return [doc for name in kustomization["resources"] for doc in load_all(DEPLOY / name)]
+
+
+def find(kind: str) -> dict[str, Any]:
+    return next(doc for doc in kustomization_resources() if doc["kind"] == kind)
+
+
+def test_manifests_are_namespace_agnostic() -> None:
+    docs = kustomization_resources()
+    assert {d["kind"] for d in docs} >= {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Service",
+    }
+    for doc in docs:
+        assert "namespace" not in doc["metadata"], doc["metadata"]
+    assert all("namespace" not in s for s in find("ClusterRoleBinding")["subjects"])
+
+
+def test_deployment_is_locked_down() -> None:
+    deployment = find("Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "vtpm-operator"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["args"] == ["run", "--all-namespaces"]
+    assert {p["containerPort"] for p in container["ports"]} == {8080, 9100}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert find("Service")["spec"]["ports"][0]["port"] == 9100
+
+
+def test_dockerfile_runs_as_non_root() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
+    assert re.search(r"^USER 10001", dockerfile, re.M)
+    assert 'ENTRYPOINT ["vtpm-operator"]' in dockerfile
+    assert 'CMD ["run", "--all-namespaces"]' in dockerfile
+
+
+# --- Against the real API server ---------------------------------------------------------------
+
+
+def overlay(tmp_path: Path, namespace: str, base: Path) -> Path:
+    """A kustomize overlay putting ``base`` into ``namespace`` (what a user's overlay does)."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump({"namespace": namespace, "resources": [os.path.relpath(base, tmp_path)]})
+    )
+    return tmp_path
+
+
+def test_kustomization_applies_with_server_dry_run(kubectl: Any, namespace: str, tmp_path: Path) -> None:
+    # The namespace must exist for a dry run of the namespaced objects: use the test's namespace.
+    result = kubectl("apply", "--dry-run=server", "-k", str(overlay(tmp_path, namespace, DEPLOY)))
+    out = result.stdout
+    for obj in (
+        "serviceaccount/vtpm-operator",
+        "clusterrole.rbac.authorization.k8s.io/vtpm-operator",
+        "clusterrolebinding.rbac.authorization.k8s.io/vtpm-operator",
+        "deployment.apps/vtpm-operator",
+        "service/vtpm-operator",
+    ):
+        assert re.search(
+            rf"^{re.escape(obj)} (created|configured|unchanged) \(server dry run\)$", out, re.M
+        ), out
+    rendered = kubectl("kustomize", str(tmp_path)).stdout
+    binding = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "ClusterRoleBinding")
+    assert binding["subjects"][0]["namespace"] == namespace
+
+
+def test_example_applies_with_server_dry_run(
+    crd_installed: str, kubectl: Any, namespace: str, tmp_path: Path
+) -> None:
+    out = kubectl(
+        "apply", "--dry-run=server", "-k", str(overlay(tmp_path, namespace, DEPLOY / "example"))
+    ).stdout
+    assert "vtpmpolicy.vtpm-operator.io/windows-11-fleet created (server dry run)" in out
+    assert "secret/vcenter-creds created (server dry run)" in out
+
+
+# RBAC: the ClusterRole bound to the ServiceAccount in a test namespace, then real requests made while
+# impersonating the ServiceAccount, and SubjectAccessReviews for the verbs without a cheap real request.
+
+
+@pytest.fixture
+def operator_identity(kube_api: client.ApiClient, namespace: str) -> Iterator[str]:
+    """Apply deploy/'s ServiceAccount, ClusterRole and binding for ``namespace``; yield the SA's user name."""
+    core = client.CoreV1Api(kube_api)
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    role = copy.deepcopy(find("ClusterRole"))
+    binding = copy.deepcopy(find("ClusterRoleBinding"))
+    sa = find("ServiceAccount")
+    unique = f"vtpm-operator-{namespace}"  # cluster-scoped names must not collide across tests
+    role["metadata"]["name"] = unique
+    binding["metadata"]["name"] = unique
+    binding["roleRef"]["name"] = unique
+    binding["subjects"][0]["namespace"] = namespace
+    core.create_namespaced_service_account(namespace, sa)
+    rbac.create_cluster_role(role)
+    rbac.create_cluster_role_binding(binding)
+    try:
+        yield f"system:serviceaccount:{namespace}:{sa['metadata']['name']}"
+    finally:
+        rbac.delete_cluster_role_binding(unique)
+        rbac.delete_cluster_role(unique)
+
+
+@pytest.fixture
+def as_operator(control_plane: Any, operator_identity: str) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+    api.set_default_header("Impersonate-User", operator_identity)
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+# (verb, "group/resource[/subresource]") — group "" for the core API.
+NEEDED = [
+    *[(v, "vtpm-operator.io/vtpmpolicies") for v in ("get", "list", "watch", "patch")],
+    *[(v, "vtpm-operator.io/vtpmpolicies/status") for v in ("get", "patch", "update")],
+    *[(v, "/events") for v in ("create", "patch")],
+    *[(v, "events.k8s.io/events") for v in ("create", "patch")],
+    ("get", "/secrets"),
+    *[(v, "/namespaces") for v in ("list", "watch")],
+    *[(v, "apiextensions.k8s.io/customresourcedefinitions") for v in ("list", "watch")],
+]
+FORBIDDEN = [
+    *[(v, "vtpm-operator.io/vtpmpolicies") for v in ("create", "update", "delete", "deletecollection")],
+    *[(v, "/secrets") for v in ("list", "watch", "create", "update", "patch", "delete")],
+    *[(v, "/namespaces") for v in ("get", "create", "delete")],
+    *[(v, "apiextensions.k8s.io/customresourcedefinitions") for v in ("get", "create", "update", "delete")],
+    ("list", "/configmaps"),
+    ("list", "/pods"),
+    ("delete", "/events"),
+    ("create", "rbac.authorization.k8s.io/clusterrolebindings"),
+]
+
+
+def test_clusterrole_rules_are_exactly_the_needed_ones() -> None:
+    granted = {
+        (verb, f"{group}/{resource}")
+        for rule in find("ClusterRole")["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == set(NEEDED)
+    assert all("*" not in str(rule) and "resourceNames" not in rule for rule in find("ClusterRole")["rules"])
+
+
+def sar(kube_api: client.ApiClient, user: str, namespace: str, verb: str, resource: str) -> bool:
+    group, _, rest = resource.partition("/")
+    plural, _, subresource = rest.partition("/")
+    cluster_scoped = plural in {"namespaces", "customresourcedefinitions", "clusterrolebindings"}
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=user,
+            groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
+            resource_attributes=client.V1ResourceAttributes(
+                group=group,
+                resource=plural,
+                subresource=subresource or None,
+                verb=verb,
+                namespace=None if cluster_scoped else namespace,
+            ),
+        )
+    )
+    return bool(client.AuthorizationV1Api(kube_api).create_subject_access_review(review).status.allowed)
+
+
+def test_clusterrole_grants_what_the_operator_needs_and_no_more(
+    kube_api: client.ApiClient, operator_identity: str, namespace: str
+) -> None:
+    denied = [need for need in NEEDED if not sar(kube_api, operator_identity, namespace, *need)]
+    assert denied == []
+    granted = [extra for extra in FORBIDDEN if sar(kube_api, operator_identity, namespace, *extra)]
+    assert granted == []
+
+
+def test_impersonated_operator_requests(
+    kube_api: client.ApiClient, as_operator: client.ApiClient, crd_installed: str, namespace: str
+) -> None:
+    admin_objects = client.CustomObjectsApi(kube_api)
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VTPMPolicy",
+        "metadata": {"name": "p"},
+        "spec": {
+            "vcenter": {"server": "vc.example.com", "credentialsSecret": "vcenter-creds"},
+            "selector": {"tags": [{"category": "security", "name": "vtpm-required"}]},
+        },
+    }
+    admin_objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    client.CoreV1Api(kube_api).create_namespaced_secret(
+        namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="vcenter-creds"), string_data={"username": "u"}),
+    )
+
+    objects = client.CustomObjectsApi(as_operator)
+    core = client.CoreV1Api(as_operator)
+
+    # Allowed: what Kopf and the reconcile loop do.
+    listed = objects.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    assert any(item["metadata"]["name"] == "p" for item in listed["items"])
+    objects.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "p", {"metadata": {"annotations": {"vtpm-operator.io/last": "x"}}}
+    )
+    patched = objects.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, "p", {"status": {"observedGeneration": 1}}
+    )
+    assert patched["status"]["observedGeneration"] == 1
+    assert core.read_namespaced_secret("vcenter-creds", namespace).data["username"]
+    core.create_namespaced_event(
+        namespace,
+        client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name="p."),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind="VTPMPolicy", name="p", namespace=namespace
+            ),
+            reason="Test",
+            message="event from the operator's identity",
+            type="Normal",
+        ),
+    )
+    assert core.list_namespace().items
+
+    # Denied: everything else.
+    def refused(call: Any, *args: Any) -> int:
+        with pytest.raises(ApiException) as info:
+            call(*args)
+        return int(info.value.status)
+
+    assert refused(core.list_namespaced_secret, namespace) == 403
+    current = admin_objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "p")
+    current["spec"]["mode"] = "Audit"
+    assert (
+        refused(objects.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, "p", current)
+        == 403
+    )
+    assert refused(objects.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, "p") == 403
+    assert refused(objects.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, body) == 403
+    assert refused(core.list_namespaced_config_map, namespace) == 403
