@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs, idempotent: Debian packages, the Python venv, and the two
+# cached builds (kube-apiserver from Debian's source, our simulator launcher).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./hack/install-system-deps.sh
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+./hack/build-kube.sh
+./hack/build-vcsim.sh >/dev/null

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole check: lint, type check, every test (unit, integration, end-to-end) against real peers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./hack/setup.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+gofmt_out=$(gofmt -l hack/vcsim)
+[ -z "$gofmt_out" ] || { echo "gofmt would change: $gofmt_out"; exit 1; }
+(cd hack/vcsim && GO111MODULE=off GOPATH=/usr/share/gocode go vet . )
+# pytest exits 5 when it collects nothing: that is a failure here, as any other non-zero exit.
+.venv/bin/pytest "$@"

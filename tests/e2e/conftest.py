@@ -1,0 +1,196 @@
+"""End-to-end fixtures: the operator as a process, against the real API server and the simulator.
+
+Policies and Secrets go in as YAML through kubectl, as a user would apply them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from testbed.fleet import CATEGORY, EXEMPT_TAG, REQUIRED_TAG, Fleet
+from testbed.kube import ControlPlane, free_port
+from testbed.vcsim import Simulator
+
+OPERATOR = Path(sys.executable).with_name("vtpm-operator")
+
+
+@dataclass
+class RunningOperator:
+    process: subprocess.Popen[bytes]
+    log: Path
+    metrics_port: int
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def run_operator(
+    control_plane: ControlPlane, crd_installed: str, namespace: str, tmp_path: Path
+) -> Iterator[Callable[[], RunningOperator]]:
+    """Start `vtpm-operator run` for the test's namespace; stopped by PID at the end."""
+    started: list[RunningOperator] = []
+
+    def start() -> RunningOperator:
+        log = tmp_path / f"operator-{len(started)}.log"
+        port = free_port()
+        env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [
+                    str(OPERATOR),
+                    "run",
+                    "--namespace",
+                    namespace,
+                    "--metrics-port",
+                    str(port),
+                    "--metrics-address",
+                    "127.0.0.1",
+                    "--verbose",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        operator = RunningOperator(process, log, port)
+        started.append(operator)
+        return operator
+
+    yield start
+    for operator in started:
+        if operator.process.poll() is None:
+            operator.process.send_signal(signal.SIGTERM)
+            try:
+                operator.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                operator.process.kill()
+                operator.process.wait()
+        shutil.copy(operator.log, tmp_path / (operator.log.name + ".kept"))
+
+
+@dataclass
+class Cluster:
+    """The test's view of Kubernetes: apply YAML, read policies, wait for status."""
+
+    kubectl: Callable[..., subprocess.CompletedProcess[str]]
+    api: client.ApiClient
+    namespace: str
+
+    def apply(self, manifest: str | dict[str, Any]) -> None:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        self.kubectl("apply", "-n", self.namespace, "-f", "-", input=text)
+
+    def credentials(
+        self, sim: Simulator, *, name: str = "vcenter-creds", password: str | None = None
+    ) -> None:
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name},
+                "stringData": {"username": sim.username, "password": password or sim.password},
+            }
+        )
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "vcenter-ca"},
+                "stringData": {"ca.crt": sim.ca_file.read_text()},
+            }
+        )
+
+    def policy(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            "vtpm-operator.io", "v1alpha1", self.namespace, "vtpmpolicies", name
+        )
+        return result
+
+    def wait_for(
+        self, name: str, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 60, what: str = ""
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        policy = self.policy(name)
+        while time.monotonic() < deadline:
+            policy = self.policy(name)
+            if predicate(policy):
+                return policy
+            time.sleep(0.5)
+        raise AssertionError(
+            f"timed out waiting for {what or 'the condition'} on {name}; status:\n"
+            + json.dumps(policy.get("status"), indent=2)
+        )
+
+    def events(self) -> list[client.CoreV1Event]:
+        items: list[client.CoreV1Event] = (
+            client.CoreV1Api(self.api).list_namespaced_event(self.namespace).items
+        )
+        return items
+
+
+@pytest.fixture
+def cluster(kubectl: Any, kube_api: client.ApiClient, namespace: str) -> Cluster:
+    return Cluster(kubectl, kube_api, namespace)
+
+
+def policy_manifest(name: str, sim: Simulator, **spec: Any) -> dict[str, Any]:
+    """A VTPMPolicy for the fleet's tags; keyword arguments override spec fields."""
+    body: dict[str, Any] = {
+        "vcenter": {"server": sim.server, "credentialsSecret": "vcenter-creds", "caSecret": "vcenter-ca"},
+        "selector": {
+            "tags": [{"category": CATEGORY, "name": REQUIRED_TAG}],
+            "excludeTags": [{"category": CATEGORY, "name": EXEMPT_TAG}],
+        },
+        "resyncPeriod": "10s",
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "vtpm-operator.io/v1alpha1",
+        "kind": "VTPMPolicy",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def condition(policy: dict[str, Any], kind: str) -> dict[str, Any]:
+    for entry in (policy.get("status") or {}).get("conditions") or []:
+        if entry["type"] == kind:
+            return dict(entry)
+    return {}
+
+
+def settled(policy: dict[str, Any]) -> bool:
+    """The operator finished a sync of the current generation and has nothing in flight."""
+    status = policy.get("status") or {}
+    return (
+        status.get("observedGeneration") == policy["metadata"]["generation"]
+        and bool(status.get("lastSyncTime"))
+        and condition(policy, "Reconciling").get("status") == "False"
+    )
+
+
+def vm_rows(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["name"]: row for row in (policy.get("status") or {}).get("vms") or []}
+
+
+__all__ = ["Cluster", "Fleet", "RunningOperator", "condition", "policy_manifest", "settled", "vm_rows"]

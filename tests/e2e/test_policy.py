@@ -1,0 +1,329 @@
+"""The operator as a process: real API server, simulator with vCenter's rules, policies as YAML."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from pyVmomi import vim
+
+from testbed.fleet import MIXED_FLEET, VMSpec, build_fleet, specs_of
+from testbed.vcsim import Simulator, connect, disconnect, retrieve_one
+
+from .conftest import Cluster, RunningOperator, condition, policy_manifest, settled, vm_rows
+
+pytestmark = pytest.mark.slow
+
+SELECTED = [
+    (spec, state, reasons) for spec, state, reasons in MIXED_FLEET if state not in ("Excluded", "NotSelected")
+]
+
+
+def vm_properties(sim: Simulator, vm_id: str) -> dict[str, Any]:
+    si = connect(sim)
+    try:
+        return retrieve_one(
+            si,
+            vim.VirtualMachine(vm_id, si._stub),
+            ["runtime.powerState", "config.hardware.device", "config.keyId"],
+        )
+    finally:
+        disconnect(si)
+
+
+def vm_state(sim: Simulator, vm_id: str) -> dict[str, Any]:
+    """The VM as vCenter sees it: power state, vTPM present, encryption key id."""
+    props = vm_properties(sim, vm_id)
+    return {
+        "power": props["runtime.powerState"],
+        "vtpm": any(isinstance(d, vim.vm.device.VirtualTPM) for d in props["config.hardware.device"]),
+        "key_id": props.get("config.keyId"),
+    }
+
+
+def reconfigure_vm(sim: Simulator, vm_id: str, spec: Any) -> None:
+    from pyVim.task import WaitForTask
+
+    si = connect(sim)
+    try:
+        WaitForTask(vim.VirtualMachine(vm_id, si._stub).ReconfigVM_Task(spec=spec))
+    finally:
+        disconnect(si)
+
+
+def next_sync(cluster: Cluster, name: str, after: str, timeout: float = 40) -> dict[str, Any]:
+    return cluster.wait_for(
+        name,
+        lambda p: settled(p) and p["status"]["lastSyncTime"] > after,
+        timeout=timeout,
+        what="the next sync",
+    )
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 14, "standalone_hosts": 1}], indirect=True)
+def test_enforce_fixes_every_unblocked_vm_and_reports_each_blocker(
+    simulator: Simulator, cluster: Cluster, run_operator: Any
+) -> None:
+    fleet = build_fleet(simulator, specs_of(MIXED_FLEET))
+    simulator.admin.reset_call_counts()
+    cluster.credentials(simulator)
+    cluster.apply(policy_manifest("fleet", simulator))
+    operator: RunningOperator = run_operator()
+
+    policy = cluster.wait_for("fleet", settled, timeout=90, what="a settled sync")
+
+    rows = vm_rows(policy)
+    for spec, state, reasons in SELECTED:
+        if state == "Compliant":
+            assert spec.name not in rows, rows.get(spec.name)
+        else:
+            assert rows[spec.name]["state"] == state
+            assert set(rows[spec.name]["reasons"]) == set(reasons), rows[spec.name]
+            assert rows[spec.name]["id"] == fleet.ids[spec.name]
+    assert policy["status"]["summary"] == {
+        "matched": len(SELECTED),
+        "compliant": 3,
+        "nonCompliant": 0,
+        "pending": 0,
+        "blocked": len(SELECTED) - 3,
+        "failed": 0,
+        "drifted": 0,
+        "remediatedTotal": 2,
+    }
+    assert condition(policy, "Stalled")["status"] == "True"
+    assert condition(policy, "Stalled")["reason"] == "VMsBlocked"
+    assert condition(policy, "Ready")["status"] == "False"
+    assert condition(policy, "Compliant")["status"] == "False"
+
+    # Exactly the two ready VMs were reconfigured; vCenter shows their vTPMs and encrypted homes.
+    assert simulator.admin.call_counts().get("ReconfigVM_Task", 0) == 2
+    for name in ("win11-ready", "rhel9-ready", "win11-has-vtpm"):
+        state = vm_state(simulator, fleet.ids[name])
+        assert state["vtpm"] and state["key_id"] is not None, name
+    for name in ("win11-exempt", "win11-untagged", "win11-powered-on", "win10-many"):
+        assert not vm_state(simulator, fleet.ids[name])["vtpm"], name
+    assert vm_state(simulator, fleet.ids["win11-powered-on"])["power"] == "poweredOn"
+
+    # A second sync over the same fleet changes nothing.
+    simulator.admin.reset_call_counts()
+    again = next_sync(cluster, "fleet", policy["status"]["lastSyncTime"])
+    assert simulator.admin.call_counts().get("ReconfigVM_Task", 0) == 0
+    assert again["status"]["summary"]["remediatedTotal"] == 2
+
+    reasons = {(e.type, e.reason) for e in cluster.events()}
+    assert ("Normal", "VTPMAdded") in reasons
+    assert ("Warning", "VMsBlocked") in reasons
+    metrics = operator.metrics()
+    assert re.search(
+        r'vtpm_operator_vms\{policy="fleet",policy_namespace="[^"]+",state="Blocked"\} 9\.0', metrics
+    )
+    assert re.search(
+        r'vtpm_operator_remediations_total\{policy="fleet",policy_namespace="[^"]+"\} 2\.0', metrics
+    )
+
+    table = cluster.kubectl("get", "vtpm", "-n", cluster.namespace).stdout
+    header, row = table.strip().splitlines()
+    for column in ("MODE", "READY", "MATCHED", "COMPLIANT", "BLOCKED", "AGE"):
+        assert column in header.split()
+    assert row.split()[:2] == ["fleet", "Enforce"]
+    assert f" {len(SELECTED)} " in row and " 3 " in row
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 3}], indirect=True)
+def test_audit_reports_without_changing_anything(
+    simulator: Simulator, cluster: Cluster, run_operator: Any
+) -> None:
+    fleet = build_fleet(
+        simulator, [VMSpec("a-ready"), VMSpec("b-ready", guest="rhel9_64Guest"), VMSpec("c-has", vtpm=True)]
+    )
+    simulator.admin.reset_call_counts()
+    cluster.credentials(simulator)
+    cluster.apply(policy_manifest("audit", simulator, mode="Audit"))
+    run_operator()
+
+    policy = cluster.wait_for("audit", settled, what="a settled sync")
+    rows = vm_rows(policy)
+    assert {name: row["state"] for name, row in rows.items()} == {
+        "a-ready": "NonCompliant",
+        "b-ready": "NonCompliant",
+    }
+    assert "would add" in rows["a-ready"]["message"]
+    assert policy["status"]["summary"]["compliant"] == 1
+    assert policy["status"]["summary"]["nonCompliant"] == 2
+    assert condition(policy, "Compliant")["status"] == "False"
+    assert condition(policy, "Ready")["reason"] == "NotCompliant"
+    assert condition(policy, "Stalled")["status"] == "False"
+    assert simulator.admin.call_counts().get("ReconfigVM_Task", 0) == 0
+    assert not vm_state(simulator, fleet.ids["a-ready"])["vtpm"]
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 3}], indirect=True)
+def test_shutdown_power_cycles_a_running_vm_and_restores_its_power(
+    simulator: Simulator, cluster: Cluster, run_operator: Any
+) -> None:
+    fleet = build_fleet(simulator, [VMSpec("running", powered_on=True), VMSpec("no-tools", powered_on=True)])
+    simulator.admin.set_tools_running(fleet.ids["no-tools"], False)
+    simulator.admin.reset_call_counts()
+    cluster.credentials(simulator)
+    cluster.apply(
+        policy_manifest("cycle", simulator, powerPolicy={"action": "Shutdown", "shutdownTimeout": "30s"})
+    )
+    run_operator()
+
+    policy = cluster.wait_for("cycle", settled, what="a settled sync")
+    running = vm_state(simulator, fleet.ids["running"])
+    assert running["vtpm"] and running["power"] == "poweredOn"
+    counts = simulator.admin.call_counts()
+    assert counts.get("ShutdownGuest") == 1
+    assert counts.get("PowerOnVM_Task") == 1
+    rows = vm_rows(policy)
+    assert "running" not in rows
+    assert rows["no-tools"]["state"] == "Blocked"
+    assert rows["no-tools"]["reasons"] == ["PoweredOn"]
+    assert "VMware Tools" in rows["no-tools"]["message"]
+    assert vm_state(simulator, fleet.ids["no-tools"]) == {"power": "poweredOn", "vtpm": False, "key_id": None}
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_absent_needs_allow_removal(simulator: Simulator, cluster: Cluster, run_operator: Any) -> None:
+    fleet = build_fleet(simulator, [VMSpec("a", vtpm=True), VMSpec("b", vtpm=True)])
+    simulator.admin.reset_call_counts()
+    cluster.credentials(simulator)
+    cluster.apply(policy_manifest("remove", simulator, vtpm="Absent"))
+    run_operator()
+
+    policy = cluster.wait_for("remove", settled, what="a settled sync")
+    assert condition(policy, "Stalled")["status"] == "True"
+    assert condition(policy, "Stalled")["reason"] == "RemovalNotAllowed"
+    assert condition(policy, "Ready")["reason"] == "RemovalNotAllowed"
+    assert {row["state"] for row in vm_rows(policy).values()} == {"NonCompliant"}
+    assert simulator.admin.call_counts().get("ReconfigVM_Task", 0) == 0
+    assert vm_state(simulator, fleet.ids["a"])["vtpm"]
+
+    cluster.apply(policy_manifest("remove", simulator, vtpm="Absent", allowRemoval=True))
+    policy = cluster.wait_for(
+        "remove", lambda p: settled(p) and condition(p, "Ready")["status"] == "True", what="removal"
+    )
+    for name in ("a", "b"):
+        assert vm_state(simulator, fleet.ids[name]) == {"power": "poweredOff", "vtpm": False, "key_id": None}
+    assert policy["status"]["summary"]["remediatedTotal"] == 2
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 4}], indirect=True)
+def test_drift_is_found_and_repaired(simulator: Simulator, cluster: Cluster, run_operator: Any) -> None:
+    fleet = build_fleet(simulator, [VMSpec("a"), VMSpec("b"), VMSpec("late", tags=())])
+    cluster.credentials(simulator)
+    cluster.apply(policy_manifest("drift", simulator))
+    run_operator()
+    policy = cluster.wait_for("drift", lambda p: settled(p) and condition(p, "Ready")["status"] == "True")
+    assert policy["status"]["summary"]["matched"] == 2
+
+    # Out of band: someone removes a's vTPM, and another VM gains the tag.
+    devices = vm_properties(simulator, fleet.ids["a"])["config.hardware.device"]
+    tpm = next(d for d in devices if isinstance(d, vim.vm.device.VirtualTPM))
+    reconfigure_vm(
+        simulator,
+        fleet.ids["a"],
+        vim.vm.ConfigSpec(deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="remove", device=tpm)]),
+    )
+    fleet.tag("late", "vtpm-required")
+
+    drifted = cluster.wait_for(
+        "drift", lambda p: p["status"]["summary"]["drifted"] == 1, timeout=40, what="drift in the summary"
+    )
+    assert drifted["status"]["summary"]["matched"] == 3
+    repaired = cluster.wait_for("drift", lambda p: settled(p) and condition(p, "Ready")["status"] == "True")
+    assert repaired["status"]["summary"]["remediatedTotal"] == 4
+    assert vm_state(simulator, fleet.ids["a"])["vtpm"]
+    assert vm_state(simulator, fleet.ids["late"])["vtpm"]
+    assert ("Warning", "DriftDetected") in {(e.type, e.reason) for e in cluster.events()}
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_policy_level_problems_give_documented_conditions(
+    simulator: Simulator, cluster: Cluster, run_operator: Any
+) -> None:
+    fleet = build_fleet(simulator, [VMSpec("a"), VMSpec("b", tags=())])
+    fleet.create_tag("named-provider")  # b alone, so that the "creds" policy never changes it
+    fleet.tag("b", "named-provider")
+    cluster.credentials(simulator, name="good-creds")  # for the policies whose problem lies elsewhere
+    cluster.apply(policy_manifest("creds", simulator))
+    good = {"server": simulator.server, "credentialsSecret": "good-creds", "caSecret": "vcenter-ca"}
+    cluster.apply(
+        policy_manifest(
+            "unknown-tag",
+            simulator,
+            vcenter=good,
+            selector={"tags": [{"category": "security", "name": "nope"}]},
+        )
+    )
+    cluster.apply(
+        policy_manifest(
+            "provider",
+            simulator,
+            vcenter=good,
+            keyProvider="kp-missing",
+            selector={"tags": [{"category": "security", "name": "named-provider"}]},
+        )
+    )
+    run_operator()
+
+    def reason_is(reason: str) -> Any:
+        return lambda p: condition(p, "Ready").get("reason") == reason
+
+    missing = cluster.wait_for("creds", reason_is("SecretNotFound"), what="SecretNotFound")
+    assert condition(missing, "Stalled")["status"] == "True"
+    assert "vcenter-creds" in condition(missing, "Ready")["message"]
+
+    cluster.credentials(simulator, password="wrong-password")
+    refused = cluster.wait_for(
+        "creds", reason_is("AuthenticationFailed"), timeout=60, what="AuthenticationFailed"
+    )
+    assert condition(refused, "Stalled")["status"] == "True"
+    assert "wrong-password" not in str(refused)
+
+    unknown = cluster.wait_for("unknown-tag", reason_is("TagNotFound"), timeout=60, what="TagNotFound")
+    assert "security/nope" in condition(unknown, "Ready")["message"]
+
+    cluster.credentials(simulator)  # the right password: the policy recovers without a restart
+    fixed = cluster.wait_for("creds", lambda p: condition(p, "Ready").get("status") == "True", timeout=90)
+    assert fixed["status"]["summary"]["compliant"] == 1
+    assert vm_state(simulator, fleet.ids["a"])["vtpm"]
+
+    provider = cluster.wait_for(
+        "provider", reason_is("KeyProviderMissing"), timeout=60, what="KeyProviderMissing"
+    )
+    assert condition(provider, "Stalled")["reason"] == "KeyProviderMissing"
+    assert vm_rows(provider)["b"]["reasons"] == ["KeyProviderMissing"]
+    assert "kp-missing" in vm_rows(provider)["b"]["message"]
+    warnings = [e for e in cluster.events() if e.type == "Warning"]
+    assert {"SecretNotFound", "AuthenticationFailed", "TagNotFound"} <= {e.reason for e in warnings}
+    assert all("wrong-password" not in (e.message or "") for e in cluster.events())
+
+
+def test_unreachable_vcenter_is_not_stalled(
+    cluster: Cluster, run_operator: Any, simulator: Simulator
+) -> None:
+    cluster.credentials(simulator)
+    manifest = policy_manifest("gone", simulator)
+    manifest["spec"]["vcenter"]["server"] = "127.0.0.1:9"  # discard port: nothing listens
+    cluster.apply(manifest)
+    run_operator()
+    policy = cluster.wait_for("gone", lambda p: condition(p, "Ready").get("reason") == "VCenterUnreachable")
+    assert condition(policy, "Stalled")["status"] == "False"
+    assert condition(policy, "Compliant")["status"] == "Unknown"
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_expired_session_is_renewed(simulator: Simulator, cluster: Cluster, run_operator: Any) -> None:
+    build_fleet(simulator, [VMSpec("a")])
+    cluster.credentials(simulator)
+    cluster.apply(policy_manifest("renew", simulator))
+    run_operator()
+    policy = cluster.wait_for("renew", lambda p: settled(p) and condition(p, "Ready")["status"] == "True")
+    simulator.admin.expire_sessions()
+    simulator.admin.reset_call_counts()
+    again = next_sync(cluster, "renew", policy["status"]["lastSyncTime"])
+    assert condition(again, "Ready")["status"] == "True"
+    assert simulator.admin.call_counts().get("Login", 0) >= 1  # it logged in again
