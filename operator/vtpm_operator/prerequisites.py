@@ -93,17 +93,21 @@ def evaluate(
     action = Action.ADD if wants_vtpm else Action.REMOVE
     blockers: list[Blocker] = []
     if vm.task_in_progress:
-        blockers.append(Blocker(Reason.TASK_IN_PROGRESS, "another task is running on the VM"))
+        blockers.append(
+            Blocker(Reason.TASK_IN_PROGRESS, "a task is running on the VM; the next sync looks again")
+        )
     power_off_first = False
     if vm.power_state is not PowerState.OFF:
         power_off_first, detail = _power_off_plan(vm, policy)
         if not power_off_first:
             blockers.append(Blocker(Reason.POWERED_ON, detail))
     if vm.has_snapshots:
-        blockers.append(Blocker(Reason.HAS_SNAPSHOTS, "delete its snapshots first"))
+        blockers.append(Blocker(Reason.HAS_SNAPSHOTS, "has snapshots; delete or consolidate them first"))
     if vm.missing_privileges:
         missing = ", ".join(sorted(vm.missing_privileges))
-        blockers.append(Blocker(Reason.INSUFFICIENT_PRIVILEGES, f"the operator's account lacks {missing}"))
+        blockers.append(
+            Blocker(Reason.INSUFFICIENT_PRIVILEGES, f"the operator's vCenter account lacks {missing}")
+        )
     if action is Action.ADD:
         blockers.extend(_add_blockers(vm, policy, hosts, provider))
     return Verdict(vm, action, tuple(blockers), power_off_first and not blockers)
@@ -111,7 +115,7 @@ def evaluate(
 
 def _power_off_plan(vm: VMFacts, policy: Policy) -> tuple[bool, str]:
     if policy.power.action is PowerAction.SKIP:
-        return False, f"VM is {vm.power_state} and powerPolicy.action is Skip"
+        return False, f"VM is {vm.power_state}; power it off, or set powerPolicy.action: Shutdown"
     if vm.power_state is PowerState.SUSPENDED:
         return False, "VM is suspended; resume and shut it down, or power it off"
     if not vm.tools_running and not policy.power.force_power_off:
@@ -125,13 +129,16 @@ def _add_blockers(
     blockers = []
     if vm.firmware != "efi":
         blockers.append(
-            Blocker(Reason.FIRMWARE_NOT_EFI, f"firmware is {vm.firmware}; a vTPM needs EFI (not converted)")
+            Blocker(
+                Reason.FIRMWARE_NOT_EFI,
+                f"firmware is {vm.firmware}; a vTPM needs EFI, never switched for you (the OS may not boot)",
+            )
         )
     if vm.hardware_version < MIN_HARDWARE_VERSION:
         blockers.append(
             Blocker(
                 Reason.HARDWARE_VERSION_TOO_OLD,
-                f"virtual hardware vmx-{vm.hardware_version}; needs vmx-{MIN_HARDWARE_VERSION} or later",
+                f"virtual hardware vmx-{vm.hardware_version}; upgrade to vmx-{MIN_HARDWARE_VERSION} or later",
             )
         )
     supported = vm.guest_supports_tpm20

@@ -267,7 +267,7 @@ def test_policy_level_problems_give_documented_conditions(
             selector={"tags": [{"category": "security", "name": "named-provider"}]},
         )
     )
-    run_operator()
+    operator: RunningOperator = run_operator()
 
     def reason_is(reason: str) -> Any:
         return lambda p: condition(p, "Ready").get("reason") == reason
@@ -300,6 +300,9 @@ def test_policy_level_problems_give_documented_conditions(
     warnings = [e for e in cluster.events() if e.type == "Warning"]
     assert {"SecretNotFound", "AuthenticationFailed", "TagNotFound"} <= {e.reason for e in warnings}
     assert all("wrong-password" not in (e.message or "") for e in cluster.events())
+    log = operator.log_text()
+    assert "Activity 'login_via_client' succeeded" in log  # the log is real (and verbose)
+    assert "wrong-password" not in log and simulator.password not in log
 
 
 def test_unreachable_vcenter_is_not_stalled(

@@ -260,7 +260,7 @@ def test_deployment_is_locked_down() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]
-    assert container["args"] == ["run", "--all-namespaces"]
+    assert container["args"] == ["run", "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]
     assert {p["containerPort"] for p in container["ports"]} == {8080, 9100}
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True

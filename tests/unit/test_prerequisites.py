@@ -162,7 +162,7 @@ class TestPowerPolicy:
     def test_skip_blocks_powered_on_vm(self) -> None:
         verdict = evaluate(make_vm(power_state=PowerState.ON), make_policy(), HOSTS, DEFAULT_PROVIDER)
         assert [b.reason for b in verdict.blockers] == [Reason.POWERED_ON]
-        assert "Skip" in verdict.blockers[0].detail
+        assert "powerPolicy.action: Shutdown" in verdict.blockers[0].detail
         assert not verdict.power_off_first
 
     def test_shutdown_with_tools_running_plans_power_off(self) -> None:
