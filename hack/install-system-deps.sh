@@ -5,6 +5,9 @@ set -euo pipefail
 packages=(golang-go golang-github-vmware-govmomi-dev golang-github-modern-go-reflect2-dev
           etcd-server openssl rsync make dpkg-dev ca-certificates prometheus lua5.4)
 
+# The machine image ships kubectl 1.32; Debian's 1.20 client serves where it does not.
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
