@@ -130,6 +130,8 @@ func (s *state) handleSOAP(w http.ResponseWriter, r *http.Request, c *soapCall) 
 		return s.guestOp(w, c)
 	case "QueryConfigOptionEx":
 		return s.queryConfigOptionEx(w, c)
+	case "SetField":
+		return s.setField(c)
 	case "HasPrivilegeOnEntity", "HasPrivilegeOnEntities":
 		return s.hasPrivilege(w, c)
 	case "RetrieveProperties", "RetrievePropertiesEx", "ContinueRetrievePropertiesEx",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from vtpm_operator.planning import VMState, make_plan
 from vtpm_operator.policy import DesiredVTPM, Mode, Policy, TagRef, VCenterRef
 from vtpm_operator.problems import PolicyProblem
 from vtpm_operator.vsphere.client import VSphereClient
+from vtpm_operator.vsphere.faults import describe
 from vtpm_operator.vsphere.session import Credentials, Endpoint, VCenterSession
 
 
@@ -68,14 +68,9 @@ def _run(args: argparse.Namespace) -> int:
 
     import vtpm_operator.kube.handlers  # noqa: F401  (registers the handlers)
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    kopf.configure(verbose=args.verbose)
-    os.environ["VTPM_METRICS_PORT"] = str(args.metrics_port)
-    os.environ["VTPM_METRICS_ADDRESS"] = args.metrics_address
+    kopf.configure(verbose=args.verbose)  # sets up the root logger for our modules too
     kopf.run(
+        memo=kopf.Memo(metrics_port=args.metrics_port, metrics_address=args.metrics_address),
         standalone=True,
         clusterwide=args.all_namespaces or not args.namespace,
         namespaces=args.namespace,
@@ -110,6 +105,9 @@ def _audit(args: argparse.Namespace) -> int:
         plan = make_plan(vsphere.read_inventory(policy), policy)
     except PolicyProblem as problem:
         print(f"{problem.reason}: {problem.message}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a vCenter fault or refusal: still "could not be read", not "not compliant"
+        print(f"VCenterError: {describe(error)}", file=sys.stderr)
         return 2
     finally:
         vsphere.close()

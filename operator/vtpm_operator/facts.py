@@ -50,6 +50,9 @@ class VMFacts:
     # Privileges the operator's account lacks for changing this VM (on the VM or its folder).
     missing_privileges: frozenset[str] = field(default_factory=frozenset)
     is_template: bool = False
+    # The operator shut this VM down for a change and still owes it a power-on (a marker kept in
+    # vCenter, so that the debt survives an interrupted change or an operator restart).
+    power_on_owed: bool = False
 
     @property
     def has_vtpm(self) -> bool:

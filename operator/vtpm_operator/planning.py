@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -54,9 +55,15 @@ class Plan:
     outcomes: tuple[VMOutcome, ...]  # every selected VM that is not in changes
     notes: tuple[PolicyNote, ...]
     compliant_at_read: frozenset[str]  # VM ids already compliant before any change
+    # VMs among `outcomes` that an earlier, interrupted change left owed a power-on. They get it
+    # back whatever this sync decides for them, in Audit mode too: it undoes the operator's own act.
+    power_restores: tuple[VMFacts, ...] = ()
 
 
-def make_plan(inventory: Inventory, policy: Policy) -> Plan:
+def make_plan(inventory: Inventory, policy: Policy, held: Mapping[str, str] | None = None) -> Plan:
+    """`held`: VMs whose recent changes failed, with what went wrong; they wait for a later sync
+    (see retry.py), so that a VM vCenter keeps refusing is not power-cycled at every resync."""
+    held = held or {}
     provider = choose_key_provider(inventory.key_providers, policy.key_provider)
     verdicts = [evaluate(vm, policy, inventory.hosts, provider) for vm in inventory.vms]
     removal_refused = policy.vtpm is DesiredVTPM.ABSENT and not policy.allow_removal
@@ -74,22 +81,35 @@ def make_plan(inventory: Inventory, policy: Policy) -> Plan:
             outcomes.append(_blocked(verdict))
         elif policy.mode is Mode.AUDIT:
             outcomes.append(_audited(verdict))
+        elif vm.id in held:
+            outcomes.append(
+                VMOutcome(vm.id, vm.name, VMState.FAILED, message=f"{held[vm.id]} (retried at a later sync)")
+            )
         else:
             changes.append(
                 Change(
                     vm,
                     verdict.action,
                     power_off_first=verdict.power_off_first,
-                    restore_power=verdict.power_off_first
-                    and policy.power.restore_power_state
-                    and vm.power_state is PowerState.ON,
+                    restore_power=vm.power_on_owed
+                    or (
+                        verdict.power_off_first
+                        and policy.power.restore_power_state
+                        and vm.power_state is PowerState.ON
+                    ),
                 )
             )
+    changing = {change.vm.id for change in changes}
     return Plan(
         changes=tuple(changes),
         outcomes=tuple(outcomes),
         notes=_notes(verdicts, removal_refused, policy),
         compliant_at_read=frozenset(v.vm.id for v in verdicts if v.compliant),
+        power_restores=tuple(
+            v.vm
+            for v in sorted(verdicts, key=lambda v: v.vm.id)
+            if v.vm.power_on_owed and v.vm.id not in changing
+        ),
     )
 
 

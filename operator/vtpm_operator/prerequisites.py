@@ -46,7 +46,10 @@ ADD_PRIVILEGES_ON_VM = frozenset(
 )
 ADD_PRIVILEGES_ON_FOLDER = frozenset({"Cryptographer.EncryptNew"})
 REMOVE_PRIVILEGES_ON_VM = frozenset({"Cryptographer.Decrypt", "VirtualMachine.Config.AddRemoveDevice"})
-POWER_PRIVILEGES_ON_VM = frozenset({"VirtualMachine.Interact.PowerOff", "VirtualMachine.Interact.PowerOn"})
+# Shutting a VM down also records the power-on the operator then owes it, in a custom attribute.
+POWER_PRIVILEGES_ON_VM = frozenset(
+    {"VirtualMachine.Interact.PowerOff", "VirtualMachine.Interact.PowerOn", "Global.SetCustomField"}
+)
 
 
 def required_privileges(policy: Policy) -> tuple[frozenset[str], frozenset[str]]:

@@ -17,6 +17,11 @@ from vtpm_operator.problems import PolicyProblem
 from vtpm_operator.sync import SyncResult
 
 MAX_VMS_IN_STATUS = 100  # keeps the object far below etcd's size limit at any fleet size
+# The CRD's bounds: one entry over them and the API server refuses the whole status.
+MAX_VM_MESSAGE = 1024
+MAX_VM_NAME = 255
+MAX_REASONS = 16
+MAX_CONDITION_MESSAGE = 32768
 # Most actionable first: what failed, then what needs a person, then what would change.
 _ATTENTION = {VMState.FAILED: 0, VMState.BLOCKED: 1, VMState.NON_COMPLIANT: 2, VMState.PENDING: 3}
 
@@ -101,7 +106,7 @@ def merge_conditions(
                 "type": condition.type,
                 "status": condition.status,
                 "reason": condition.reason,
-                "message": condition.message,
+                "message": _clip(condition.message, MAX_CONDITION_MESSAGE),
                 "observedGeneration": generation,
                 "lastTransitionTime": _timestamp(now)
                 if flipped or old is None
@@ -154,9 +159,19 @@ def vm_entries(outcomes: Sequence[VMOutcome]) -> list[dict[str, Any]]:
         key=lambda o: (_ATTENTION[o.state], o.name, o.id),
     )
     return [
-        {"name": o.name, "id": o.id, "state": o.state.value, "reasons": list(o.reasons), "message": o.message}
+        {
+            "name": _clip(o.name, MAX_VM_NAME),
+            "id": o.id,
+            "state": o.state.value,
+            "reasons": list(o.reasons[:MAX_REASONS]),
+            "message": _clip(o.message, MAX_VM_MESSAGE),
+        }
         for o in attention[:MAX_VMS_IN_STATUS]
     ]
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _timestamp(moment: datetime) -> str:

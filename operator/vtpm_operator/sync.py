@@ -20,8 +20,15 @@ class VSphere(Protocol):
         """Fresh devices and power state of these VMs, to verify changes."""
         ...
 
-    def apply(self, changes: Sequence[Change], policy: Policy) -> Mapping[str, str | None]:
-        """Carry out the changes; per VM id, None on success or what went wrong."""
+    def apply(
+        self,
+        changes: Sequence[Change],
+        restores: Sequence[VMFacts],
+        policy: Policy,
+        should_continue: Callable[[], bool],
+    ) -> Mapping[str, str | None]:
+        """Give the restores their power back, then carry out the changes, starting each only
+        while should_continue() holds; per VM id started, None on success or what went wrong."""
         ...
 
 
@@ -33,6 +40,7 @@ class SyncResult:
     drifted: int = 0  # VMs compliant in the previous sync that were not at this sync's read
     excluded: int = 0
     in_flight: bool = False  # a progress report: changes are still running
+    attempted: frozenset[str] = frozenset()  # VMs whose change this sync started
 
     @property
     def remediated(self) -> int:
@@ -51,38 +59,63 @@ def run_sync(
     policy: Policy,
     previously_compliant: frozenset[str],
     on_progress: Callable[[SyncResult], None] = lambda result: None,
+    *,
+    held: Mapping[str, str] | None = None,
+    should_continue: Callable[[], bool] = lambda: True,
 ) -> SyncResult:
     inventory = vsphere.read_inventory(policy)
-    plan = make_plan(inventory, policy)
+    plan = make_plan(inventory, policy, held)
     selected = frozenset(vm.id for vm in inventory.vms)
     drifted = len((previously_compliant & selected) - plan.compliant_at_read)
-    if not plan.changes:
-        return SyncResult(plan.outcomes, plan.notes, drifted=drifted, excluded=inventory.excluded)
+    outcomes = plan.outcomes
+    if not plan.changes and not plan.power_restores:
+        return SyncResult(outcomes, plan.notes, drifted=drifted, excluded=inventory.excluded)
 
-    queued = tuple(pending(change) for change in plan.changes)
-    on_progress(
-        SyncResult(
-            _by_name(plan.outcomes + queued),
-            plan.notes,
-            drifted=drifted,
-            excluded=inventory.excluded,
-            in_flight=True,
+    if plan.changes:
+        queued = tuple(pending(change) for change in plan.changes)
+        on_progress(
+            SyncResult(
+                _by_name(outcomes + queued),
+                plan.notes,
+                drifted=drifted,
+                excluded=inventory.excluded,
+                in_flight=True,
+            )
         )
-    )
-    errors = vsphere.apply(plan.changes, policy)
+    errors = vsphere.apply(plan.changes, plan.power_restores, policy, should_continue)
+    outcomes = tuple(_after_restore(o, errors) for o in outcomes)
+    started = [change for change in plan.changes if change.vm.id in errors]
     # Count a VM compliant only once vCenter shows the change: tasks that "succeed" without
     # effect are a known failure of other tools.
-    after = vsphere.read_vms([change.vm.id for change in plan.changes], policy)
+    after = vsphere.read_vms([change.vm.id for change in started], policy) if started else {}
     verified = tuple(
-        _verify(change, errors.get(change.vm.id), after.get(change.vm.id), policy) for change in plan.changes
+        _verify(change, errors[change.vm.id], after.get(change.vm.id), policy) for change in started
+    )
+    not_started = tuple(
+        VMOutcome(
+            c.vm.id,
+            c.vm.name,
+            VMState.PENDING,
+            message="not started: the policy changed or the operator stops",
+        )
+        for c in plan.changes
+        if c.vm.id not in errors
     )
     return SyncResult(
-        _by_name(plan.outcomes + verified),
+        _by_name(outcomes + verified + not_started),
         plan.notes,
         remediated_ids=frozenset(o.id for o in verified if o.state is VMState.COMPLIANT),
         drifted=drifted,
         excluded=inventory.excluded,
+        attempted=frozenset(change.vm.id for change in started),
     )
+
+
+def _after_restore(outcome: VMOutcome, errors: Mapping[str, str | None]) -> VMOutcome:
+    error = errors.get(outcome.id)
+    if error is None:
+        return outcome
+    return VMOutcome(outcome.id, outcome.name, VMState.FAILED, outcome.reasons, error)
 
 
 def _verify(change: Change, error: str | None, after: VMFacts | None, policy: Policy) -> VMOutcome:

@@ -9,8 +9,9 @@ from pyVmomi import vim
 
 from testbed.fleet import CATEGORY, EXEMPT_TAG, REQUIRED_TAG, VMSpec, build_fleet
 from testbed.vcsim import Simulator, connect, disconnect, wait_task
+from vtpm_operator.facts import PowerState
 from vtpm_operator.planning import VMState, make_plan
-from vtpm_operator.policy import Policy, TagRef, VCenterRef
+from vtpm_operator.policy import Policy, PowerAction, PowerPolicy, TagRef, VCenterRef
 from vtpm_operator.problems import PolicyProblem, ProblemReason
 from vtpm_operator.sync import run_sync
 from vtpm_operator.vsphere.client import VSphereClient
@@ -74,7 +75,7 @@ def test_a_vm_powered_on_after_the_read_fails_with_vcenters_fault(simulator: Sim
             wait_task(si, vim.VirtualMachine(fleet.ids["racer"], si._stub).PowerOnVM_Task())
         finally:
             disconnect(si)
-        errors = vsphere.apply(plan.changes, policy)
+        errors = vsphere.apply(plan.changes, (), policy, lambda: True)
         after = vsphere.read_vms(list(fleet.ids.values()), policy)
     finally:
         vsphere.close()
@@ -157,3 +158,46 @@ def test_unknown_exclude_tag_stops_the_sync(simulator: Simulator) -> None:
         client_for(simulator).read_inventory(policy)
     assert problem.value.reason is ProblemReason.TAG_NOT_FOUND
     assert "security/typo" in problem.value.message
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_a_power_on_that_failed_is_paid_at_the_next_sync(simulator: Simulator) -> None:
+    """The operator records the power-on it owes in vCenter before shutting a guest down."""
+    build_fleet(simulator, [VMSpec("web", powered_on=True)])
+    simulator.admin.reset_call_counts()
+    policy = policy_for(simulator, power=PowerPolicy(action=PowerAction.SHUTDOWN, shutdown_timeout=30))
+    simulator.admin.inject_fault(method="PowerOnVM_Task", count=1, fault="SystemError")
+    vsphere = client_for(simulator)
+    try:
+        first = run_sync(vsphere, policy, frozenset())
+        (outcome,) = first.outcomes
+        assert outcome.state is VMState.FAILED
+        assert "the vTPM change took, but powering the VM back on failed" in outcome.message
+        owed = vsphere.read_inventory(policy).vms[0]
+        assert owed.power_state is PowerState.OFF and owed.has_vtpm and owed.power_on_owed
+
+        second = run_sync(vsphere, policy, frozenset())
+        after = vsphere.read_inventory(policy).vms[0]
+    finally:
+        vsphere.close()
+    assert [o.state for o in second.outcomes] == [VMState.COMPLIANT]
+    assert after.power_state is PowerState.ON
+    assert not after.power_on_owed
+    assert simulator.admin.call_counts()["ReconfigVM_Task"] == 1  # the vTPM was added once
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_vms_not_started_when_the_policy_changes_midway(simulator: Simulator) -> None:
+    fleet = build_fleet(simulator, [VMSpec("a"), VMSpec("b")])
+    simulator.admin.reset_call_counts()
+    policy = policy_for(simulator, max_concurrent=1)
+    calls = iter([True, False])  # the spec changes after the first VM has started
+    vsphere = client_for(simulator)
+    try:
+        result = run_sync(vsphere, policy, frozenset(), should_continue=lambda: next(calls))
+    finally:
+        vsphere.close()
+    states = {o.name: o.state for o in result.outcomes}
+    assert states == {"a": VMState.COMPLIANT, "b": VMState.PENDING}
+    assert result.attempted == {fleet.ids["a"]}
+    assert simulator.admin.call_counts()["ReconfigVM_Task"] == 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hypothesis import settings
@@ -226,6 +226,7 @@ class FakeVSphere:
         self.vanish = vanish
         self.apply_calls: list[tuple[Change, ...]] = []
         self.read_vms_calls: list[tuple[str, ...]] = []
+        self.restore_calls: list[tuple[str, ...]] = []
 
     def read_inventory(self, policy: Policy) -> Inventory:
         return Inventory(tuple(self.vms.values()), HOSTS, self.providers, self.excluded)
@@ -234,8 +235,25 @@ class FakeVSphere:
         self.read_vms_calls.append(tuple(vm_ids))
         return {i: self.vms[i] for i in vm_ids if i in self.vms}
 
-    def apply(self, changes: Sequence[Change], policy: Policy) -> Mapping[str, str | None]:
+    def apply(
+        self,
+        changes: Sequence[Change],
+        restores: Sequence[VMFacts],
+        policy: Policy,
+        should_continue: Callable[[], bool],
+    ) -> Mapping[str, str | None]:
         self.apply_calls.append(tuple(changes))
+        self.restore_calls.append(tuple(vm.id for vm in restores))
+        for vm in restores:
+            self.vms[vm.id] = dataclasses.replace(
+                self.vms[vm.id], power_state=PowerState.ON, power_on_owed=False
+            )
+        started = []
+        for change in changes:
+            if not should_continue():
+                break
+            started.append(change)
+        changes = started
         for change in changes:
             if self.effective:
                 key = 11000 if change.action is Action.ADD else None
@@ -247,4 +265,6 @@ class FakeVSphere:
                 )
         for vm_id in self.vanish:
             self.vms.pop(vm_id, None)
-        return {change.vm.id: self.errors.get(change.vm.id) for change in changes}
+        results = {vm.id: None for vm in restores}
+        results.update({change.vm.id: self.errors.get(change.vm.id) for change in changes})
+        return results

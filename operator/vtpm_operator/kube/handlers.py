@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import kopf
@@ -17,7 +16,7 @@ PREFIX = "vtpm-operator.io"
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -29,9 +28,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
-    port = int(os.environ.get("VTPM_METRICS_PORT", "9100"))
-    if port:
-        metrics.serve(port, os.environ.get("VTPM_METRICS_ADDRESS", "0.0.0.0"))
+    if memo.get("metrics_port"):
+        metrics.serve(memo["metrics_port"], memo.get("metrics_address", "0.0.0.0"))
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, id="keep-policy", cancellation_timeout=60.0)

@@ -21,6 +21,7 @@ from vtpm_operator.events import Notice, notices_for
 from vtpm_operator.kube.secrets import read_connection
 from vtpm_operator.policy import DesiredVTPM, Policy, parse_policy
 from vtpm_operator.problems import PolicyProblem, ProblemReason
+from vtpm_operator.retry import FailureBackoff
 from vtpm_operator.status import build_status
 from vtpm_operator.sync import SyncResult, run_sync
 from vtpm_operator.vsphere.client import VSphereClient
@@ -47,6 +48,7 @@ class PolicyWorker:
         self.status: dict[str, Any] = dict(body.get("status") or {})
         self.previous: SyncResult | PolicyProblem | None = None
         self.last_sync: SyncResult | None = None
+        self.backoff = FailureBackoff()
         self.failures = 0
         self._vsphere: VSphereClient | None = None
         self._connection: tuple[Endpoint, Credentials] | None = None
@@ -54,9 +56,9 @@ class PolicyWorker:
     def run(self, stopped: Any) -> None:
         try:
             while not stopped:
-                generation = int(self.body["metadata"].get("generation") or 0)
+                generation = self._generation()
                 try:
-                    delay = self.sync_once(generation)
+                    delay = self.sync_once(generation, stopped)
                 except Exception:  # e.g. the API server refused a status write: keep the policy alive
                     log.exception("sync of %s/%s could not be completed", self.namespace, self.name)
                     self.failures += 1
@@ -67,7 +69,7 @@ class PolicyWorker:
                 self._vsphere.close()
             metrics.forget_policy(self.namespace, self.name)
 
-    def sync_once(self, generation: int) -> float:
+    def sync_once(self, generation: int, stopped: Any) -> float:
         """One sync; returns how long to wait before the next."""
         started = time.monotonic()
         policy: Policy | None = None
@@ -78,7 +80,9 @@ class PolicyWorker:
                 vsphere,
                 policy,
                 self.last_sync.compliant_ids if self.last_sync else frozenset(),
-                on_progress=lambda r: self._publish(r, generation, policy),
+                on_progress=lambda r: self._report_progress(r, generation, policy),
+                held=self.backoff.held(),
+                should_continue=lambda: not stopped and self._generation() == generation,
             )
         except PolicyProblem as problem:
             outcome = problem
@@ -102,9 +106,17 @@ class PolicyWorker:
         resync = policy.resync_period if policy else FALLBACK_RESYNC_SECONDS
         if isinstance(outcome, SyncResult):
             self.failures = 0
+            self.backoff.record(outcome)
             return resync
         self.failures += 1
         return min(resync, MIN_RETRY_SECONDS * 2.0 ** (self.failures - 1))
+
+    def _report_progress(self, result: SyncResult, generation: int, policy: Policy) -> None:
+        """A failed progress report must not stop the changes it reports on."""
+        try:
+            self._publish(result, generation, policy)
+        except ApiException as error:
+            log.warning("progress of %s/%s not written: %s", self.namespace, self.name, error.reason)
 
     def _publish(self, outcome: SyncResult | PolicyProblem, generation: int, policy: Policy | None) -> None:
         status = build_status(self.status, outcome, generation=generation, now=datetime.now(UTC))
@@ -113,9 +125,9 @@ class PolicyWorker:
                 GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status}
             )
         except ApiException as error:
-            if error.status != 404:  # a deleted policy needs no status; anything else is a bug to see
-                log.error("status of %s/%s not written: %s", self.namespace, self.name, error.body or error)
-            return
+            if error.status == 404:  # a deleted policy needs no status
+                return
+            raise  # the sync is not done until its status is written: run() retries with backoff
         self.status.update(status)
         desired = policy.vtpm if policy else DesiredVTPM.PRESENT
         for notice in notices_for(self.previous, outcome, desired, last_sync=self.last_sync):
@@ -125,6 +137,9 @@ class PolicyWorker:
         self.previous = outcome
         if isinstance(outcome, SyncResult):
             self.last_sync = outcome
+
+    def _generation(self) -> int:
+        return int(self.body["metadata"].get("generation") or 0)
 
     def _client(self, policy: Policy) -> VSphereClient:
         # The Secret is read every sync, so fixed credentials take effect without a restart.
@@ -144,6 +159,6 @@ class PolicyWorker:
     def _sleep(self, stopped: Any, seconds: float, generation: int) -> None:
         deadline = time.monotonic() + seconds
         while not stopped and time.monotonic() < deadline:
-            if int(self.body["metadata"].get("generation") or 0) != generation:
+            if self._generation() != generation:
                 return  # the spec changed: sync now
             stopped.wait(min(1.0, max(0.0, deadline - time.monotonic())))

@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pyVmomi import vim, vmodl
 
+from vtpm_operator.facts import PowerState, VMFacts
 from vtpm_operator.planning import Change
 from vtpm_operator.policy import Policy
 from vtpm_operator.prerequisites import Action
+from vtpm_operator.problems import PolicyProblem
 from vtpm_operator.vsphere.faults import describe
+from vtpm_operator.vsphere.inventory import retrieve_refs
 from vtpm_operator.vsphere.session import VCenterSession
 
 log = logging.getLogger(__name__)
 
 WAIT_SLICE_SECONDS = 1
+TASK_TIMEOUT_SECONDS = 900.0  # a power-on waiting on a VM question must not hold the policy forever
+WATCHER_REBUILDS = 3
+# A custom attribute on the VM: "the operator shut this VM down and owes it a power-on".
+POWER_MARKER = "vtpm-operator.io/power-on-owed"
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ class TaskDone:
     """Wait until a task ends; the workflow receives None on success or the fault, described."""
 
     task_id: str
+    deadline: float
 
 
 @dataclass(frozen=True)
@@ -47,23 +56,51 @@ Workflow = Generator[Wait, Any, str | None]
 
 
 def apply_changes(
-    session: VCenterSession, changes: Sequence[Change], policy: Policy
+    session: VCenterSession,
+    changes: Sequence[Change],
+    restores: Sequence[VMFacts],
+    policy: Policy,
+    should_continue: Callable[[], bool],
 ) -> dict[str, str | None]:
-    """Per VM id: None when every step succeeded, else what went wrong, in vCenter's words."""
+    """Per VM id started: None when every step succeeded, else what went wrong, in vCenter's words.
+
+    Restores come first and always run. A change starts only while should_continue() holds, so a
+    spec change or a stop does not let a stale plan go on changing VMs.
+    """
+    marker = PowerMarker(session)
+    queue: list[tuple[str, Callable[[], Workflow]]] = [
+        (vm.id, partial(_restore, session, vm, marker)) for vm in restores
+    ]
+    queue += [(c.vm.id, partial(_workflow, session, c, policy, marker)) for c in changes]
+    restore_ids = {vm.id for vm in restores}
+    queue.reverse()
     results: dict[str, str | None] = {}
-    queue = list(reversed(changes))
     running: dict[str, tuple[Workflow, Wait]] = {}
-    with _Watcher(session) as watcher:
+    watcher = _Watcher(session)
+    try:
         while queue or running:
             while queue and len(running) < policy.max_concurrent:
-                change = queue.pop()
-                _advance(running, results, watcher, change.vm.id, _workflow(session, change, policy), None)
-            watcher.wait(WAIT_SLICE_SECONDS)
+                vm_id, start = queue.pop()
+                if vm_id not in restore_ids and not should_continue():
+                    queue.clear()
+                    break
+                _advance(running, results, watcher, vm_id, start(), None)
+            if not running:
+                continue
+            if not watcher.wait_or_rebuild(WAIT_SLICE_SECONDS, [wait for _, wait in running.values()]):
+                for vm_id in running:
+                    results[vm_id] = (
+                        "lost contact with vCenter during the change; "
+                        "a VM shut down for it gets its power back at the next sync"
+                    )
+                return results
             for vm_id, (workflow, wait) in list(running.items()):
                 outcome = watcher.outcome(wait)
                 if outcome is not _NOT_YET:
                     watcher.forget(wait)
                     _advance(running, results, watcher, vm_id, workflow, outcome)
+    finally:
+        watcher.close()
     return results
 
 
@@ -77,6 +114,7 @@ def _advance(
 ) -> None:
     try:
         wait = workflow.send(value)
+        watcher.watch(wait)
     except StopIteration as done:
         running.pop(vm_id, None)
         results[vm_id] = done.value
@@ -86,13 +124,18 @@ def _advance(
         running.pop(vm_id, None)
         results[vm_id] = describe(error)
         return
-    watcher.watch(wait)
     running[vm_id] = (workflow, wait)
 
 
-def _workflow(session: VCenterSession, change: Change, policy: Policy) -> Workflow:
+def _workflow(session: VCenterSession, change: Change, policy: Policy, marker: PowerMarker) -> Workflow:
     vm_id = change.vm.id
     if change.power_off_first:
+        if change.restore_power:
+            # Recorded in vCenter before the guest goes down: whatever happens next (a timeout, a
+            # crash, a lost connection), a later sync sees the debt and powers the VM on.
+            error = marker.set(vm_id, owed=True)
+            if error:
+                return f"not shut down: the power state to restore could not be recorded: {error}"
         error = yield from _power_off(session, change, policy)
         if error:
             return error
@@ -101,11 +144,26 @@ def _workflow(session: VCenterSession, change: Change, policy: Policy) -> Workfl
     )
     message = f"vCenter refused the change: {error}" if error else None
     if change.restore_power:
-        power_error = yield from _task(session, "PowerOnVM_Task", vm_id, lambda vm: vm.PowerOnVM_Task())
+        power_error = yield from _power_on(session, vm_id, marker)
         if power_error:
             prefix = f"{message}; " if message else "the vTPM change took, but "
             message = f"{prefix}powering the VM back on failed: {power_error}"
     return message
+
+
+def _restore(session: VCenterSession, vm: VMFacts, marker: PowerMarker) -> Workflow:
+    """Pay a power-on owed from an earlier, interrupted change."""
+    if vm.power_state is PowerState.ON:  # someone was quicker: only the marker is left to clear
+        return marker.set(vm.id, owed=False)
+    error = yield from _power_on(session, vm.id, marker)
+    return f"powering the VM back on after an earlier change failed: {error}" if error else None
+
+
+def _power_on(session: VCenterSession, vm_id: str, marker: PowerMarker) -> Generator[Wait, Any, str | None]:
+    error = yield from _task(session, "PowerOnVM_Task", vm_id, lambda vm: vm.PowerOnVM_Task())
+    if error:
+        return error
+    return marker.set(vm_id, owed=False)
 
 
 def _power_off(session: VCenterSession, change: Change, policy: Policy) -> Generator[Wait, Any, str | None]:
@@ -135,8 +193,59 @@ def _task(
         task = session.soap(operation, lambda content: start(_vm(content, vm_id)), idempotent=False)
     except vmodl.MethodFault as fault:
         return describe(fault)
-    error: str | None = yield TaskDone(task._moId)
+    error: str | None = yield TaskDone(task._moId, time.monotonic() + TASK_TIMEOUT_SECONDS)
     return error
+
+
+class PowerMarker:
+    """The custom attribute that records a power-on the operator owes a VM."""
+
+    def __init__(self, session: VCenterSession) -> None:
+        self.session = session
+        self._key: int | None = None
+
+    def set(self, vm_id: str, *, owed: bool) -> str | None:
+        """None on success, else what went wrong."""
+        try:
+            key = self._key if self._key is not None else self._ensure_field()
+            self.session.soap(
+                "SetField",
+                lambda content: content.customFieldsManager.SetField(
+                    entity=_vm(content, vm_id), key=key, value="true" if owed else ""
+                ),
+            )
+        except vmodl.MethodFault as fault:
+            return describe(fault)
+        return None
+
+    def _ensure_field(self) -> int:
+        key = marker_key(self.session)
+        if key is None:
+
+            def add(content: Any) -> int:
+                field = content.customFieldsManager.AddCustomFieldDef(
+                    name=POWER_MARKER, moType=vim.VirtualMachine
+                )
+                return int(field.key)
+
+            try:
+                key = self.session.soap("AddCustomFieldDef", add)
+            except vim.fault.DuplicateName:  # another replica or policy made it meanwhile
+                key = marker_key(self.session)
+                if key is None:
+                    raise
+        self._key = key
+        return key
+
+
+def marker_key(session: VCenterSession) -> int | None:
+    """The key of the power marker attribute, or None when vCenter has no such attribute yet."""
+    manager = session.soap("ReadServiceContent", lambda content: content.customFieldsManager._moId)
+    props = retrieve_refs(session, "ReadCustomFields", [(vim.CustomFieldsManager, manager)], ["field"])
+    for field in props.get(manager, {}).get("field") or []:
+        if field.name == POWER_MARKER:
+            return int(field.key)
+    return None
 
 
 def _spec(change: Change, policy: Policy) -> Any:
@@ -166,7 +275,11 @@ _NOT_YET = object()
 
 
 class _Watcher:
-    """One private PropertyCollector with a filter per awaited object."""
+    """One private PropertyCollector with a filter per awaited object, made on first use.
+
+    The collector lives in the session that made it: when vCenter drops that session or the
+    connection, wait_or_rebuild makes a new collector and watches every open wait again.
+    """
 
     def __init__(self, session: VCenterSession) -> None:
         self.session = session
@@ -175,19 +288,37 @@ class _Watcher:
         self.filters: dict[str, Any] = {}
         self.values: dict[str, dict[str, Any]] = {}
 
-    def __enter__(self) -> _Watcher:
-        self.collector = self.session.soap(
-            "CreatePropertyCollector", lambda content: content.propertyCollector.CreatePropertyCollector()
-        )
-        return self
+    def _collector(self) -> Any:
+        if self.collector is None:
+            self.collector = self.session.soap(
+                "CreatePropertyCollector", lambda content: content.propertyCollector.CreatePropertyCollector()
+            )
+        return self.collector
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        if self.collector is None:
+            return
         try:
             self.session.soap(
                 "DestroyPropertyCollector", lambda content: self.collector.DestroyPropertyCollector()
             )
         except Exception:  # the collector dies with the session anyway
             log.debug("could not destroy the property collector", exc_info=True)
+        self.collector = None
+
+    def wait_or_rebuild(self, seconds: int, waits: list[Wait]) -> bool:
+        """Wait for updates; False when vCenter cannot be reached even through a new collector."""
+        for attempt in range(WATCHER_REBUILDS + 1):
+            try:
+                if attempt:
+                    self.collector, self.version, self.filters = None, "", {}
+                    for wait in waits:
+                        self.watch(wait)
+                self.wait(seconds)
+                return True
+            except (PolicyProblem, vmodl.MethodFault) as error:
+                log.warning("waiting on vCenter failed (%s); watching again", describe(error))
+        return False
 
     def watch(self, wait: Wait) -> None:
         kind: type
@@ -196,13 +327,13 @@ class _Watcher:
         else:
             key, kind, paths = wait.vm_id, vim.VirtualMachine, ["runtime.powerState"]
         spec = vmodl.query.PropertyCollector.FilterSpec(
-            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=kind(key, self.collector._stub))],
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=kind(key, self._collector()._stub))],
             propSet=[vmodl.query.PropertyCollector.PropertySpec(type=kind, pathSet=paths)],
         )
-        self.values[key] = {}
+        self.values.setdefault(key, {})
         self.filters[key] = self.session.soap(
             "CreateFilter",
-            lambda content: self.collector.CreateFilter(spec, partialUpdates=False),
+            lambda content: self._collector().CreateFilter(spec, partialUpdates=False),
             idempotent=False,
         )
 
@@ -211,15 +342,18 @@ class _Watcher:
         self.values.pop(key, None)
         property_filter = self.filters.pop(key, None)
         if property_filter is not None:
-            self.session.soap(
-                "DestroyPropertyFilter", lambda content: property_filter.DestroyPropertyFilter()
-            )
+            try:
+                self.session.soap(
+                    "DestroyPropertyFilter", lambda content: property_filter.DestroyPropertyFilter()
+                )
+            except (PolicyProblem, vmodl.MethodFault):  # it goes with its collector at the end anyway
+                log.debug("could not destroy a property filter", exc_info=True)
 
     def wait(self, seconds: int) -> None:
         options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=seconds)
         update = self.session.soap(
             "WaitForUpdatesEx",
-            lambda content: self.collector.WaitForUpdatesEx(self.version, options),
+            lambda content: self._collector().WaitForUpdatesEx(self.version, options),
             idempotent=False,  # the collector lives in this session: a new one would not know it
         )
         if update is None:
@@ -240,6 +374,8 @@ class _Watcher:
             if state == "error":
                 fault = values.get("info.error")
                 return describe(fault) if fault is not None else "the task failed without a fault"
+            if time.monotonic() >= wait.deadline:
+                return f"the task did not finish within {TASK_TIMEOUT_SECONDS:g}s"
             return _NOT_YET
         if self.values.get(wait.vm_id, {}).get("runtime.powerState") == "poweredOff":
             return True

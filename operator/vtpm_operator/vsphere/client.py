@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from pyVmomi import vim
 
@@ -11,7 +11,7 @@ from vtpm_operator.planning import Change
 from vtpm_operator.policy import DesiredVTPM, Policy
 from vtpm_operator.prerequisites import required_privileges
 from vtpm_operator.vsphere import inventory
-from vtpm_operator.vsphere.changes import apply_changes
+from vtpm_operator.vsphere.changes import apply_changes, marker_key
 from vtpm_operator.vsphere.session import VCenterSession
 from vtpm_operator.vsphere.tags import resolve_tags, vms_by_tag
 
@@ -42,13 +42,24 @@ class VSphereClient:
         """Devices and power only: enough to verify a change, without the prerequisite reads."""
         return {
             moid: inventory.vm_facts(
-                moid, props, busy=False, guest_supports_tpm20=None, missing_privileges=frozenset()
+                moid,
+                props,
+                busy=False,
+                guest_supports_tpm20=None,
+                missing_privileges=frozenset(),
+                power_on_owed=False,
             )
             for moid, props in inventory.read_vms(self.session, vm_ids).items()
         }
 
-    def apply(self, changes: Sequence[Change], policy: Policy) -> Mapping[str, str | None]:
-        return apply_changes(self.session, changes, policy)
+    def apply(
+        self,
+        changes: Sequence[Change],
+        restores: Sequence[VMFacts],
+        policy: Policy,
+        should_continue: Callable[[], bool],
+    ) -> Mapping[str, str | None]:
+        return apply_changes(self.session, changes, restores, policy, should_continue)
 
     def _facts(self, props: Mapping[str, inventory.Properties], policy: Policy) -> list[VMFacts]:
         if not props:
@@ -63,6 +74,7 @@ class VSphereClient:
             if isinstance(parent, vim.Folder) and on_folder:
                 required[(vim.Folder, parent._moId)] = on_folder
         missing = inventory.missing_privileges(self.session, required)
+        owed_key = marker_key(self.session)
         guests = {
             (p["runtime.host"]._moId, p.get("config.guestId") or "")
             for p in props.values()
@@ -87,6 +99,7 @@ class VSphereClient:
                         else None
                     ),
                     missing_privileges=missing.get(moid, frozenset()) | folder_missing,
+                    power_on_owed=inventory.has_marker(p, owed_key),
                 )
             )
         return facts

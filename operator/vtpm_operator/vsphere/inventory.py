@@ -29,6 +29,7 @@ VM_PROPERTIES = [
     "snapshot",
     "recentTask",
     "guest.toolsRunningStatus",
+    "customValue",
 ]
 _BUSY_TASK_STATES = {"queued", "running"}
 
@@ -123,6 +124,7 @@ def vm_facts(
     busy: bool,
     guest_supports_tpm20: bool | None,
     missing_privileges: frozenset[str],
+    power_on_owed: bool,
 ) -> VMFacts:
     devices = props.get("config.hardware.device") or []
     vtpm_key = next((device.key for device in devices if isinstance(device, vim.vm.device.VirtualTPM)), None)
@@ -133,7 +135,8 @@ def vm_facts(
     return VMFacts(
         id=moid,
         name=props.get("name", moid),
-        power_state=PowerState(props.get("runtime.powerState", "poweredOff")),
+        # A VM whose power state vCenter does not report is treated as running: never changed unasked.
+        power_state=PowerState(props.get("runtime.powerState", "poweredOn")),
         firmware=props.get("config.firmware") or "bios",
         hardware_version=int(version.removeprefix("vmx-") or 0),
         guest_id=props.get("config.guestId") or "",
@@ -146,7 +149,13 @@ def vm_facts(
         guest_supports_tpm20=guest_supports_tpm20,
         missing_privileges=missing_privileges,
         is_template=bool(props.get("config.template")),
+        power_on_owed=power_on_owed,
     )
+
+
+def has_marker(props: Properties, key: int | None) -> bool:
+    """Whether the VM carries a non-empty value for the custom attribute `key`."""
+    return key is not None and any(v.key == key and v.value for v in props.get("customValue") or [])
 
 
 def key_providers(session: VCenterSession) -> tuple[KeyProvider, ...]:

@@ -104,13 +104,14 @@ class VCenterSession:
 
     def _login(self) -> tuple[Any, Any]:
         host, port = self.endpoint.host_port
+        context = self._ssl_context()
         try:
             si = SmartConnect(
                 host=host,
                 port=port,
                 user=self.credentials.username,
                 pwd=self.credentials.password,
-                sslContext=self._ssl_context(),
+                sslContext=context,
                 httpConnectionTimeout=SOAP_TIMEOUT_SECONDS,
             )
         except vim.fault.InvalidLogin:
@@ -148,7 +149,12 @@ class VCenterSession:
 
     def _drop_soap(self) -> None:
         with self._lock:
-            self._si = None
+            si, self._si = self._si, None
+        if si is not None:
+            try:  # free the session on vCenter's side when it still exists
+                Disconnect(si)
+            except Exception:
+                log.debug("logout of a dropped session failed", exc_info=True)
 
     # --- REST -------------------------------------------------------------------------------
     def rest(self, operation: str, method: str, path: str, body: Any = None) -> Any:
@@ -219,11 +225,15 @@ class VCenterSession:
     def _ssl_context(self) -> ssl.SSLContext:
         if self.endpoint.insecure_skip_verify:
             return ssl._create_unverified_context()  # only on the policy's explicit request
-        return (
-            ssl.create_default_context(cadata=self.endpoint.ca_pem)
-            if self.endpoint.ca_pem
-            else (ssl.create_default_context())
-        )
+        if not self.endpoint.ca_pem:
+            return ssl.create_default_context()
+        try:
+            return ssl.create_default_context(cadata=self.endpoint.ca_pem)
+        except ssl.SSLError as error:
+            raise PolicyProblem(
+                ProblemReason.CERTIFICATE_NOT_TRUSTED,
+                f"the CA in spec.vcenter.caSecret is not a PEM certificate: {error}",
+            ) from None
 
     def _requests_verify(self) -> bool | str:
         if self.endpoint.insecure_skip_verify:
