@@ -330,3 +330,23 @@ def test_expired_session_is_renewed(simulator: Simulator, cluster: Cluster, run_
     again = next_sync(cluster, "renew", policy["status"]["lastSyncTime"])
     assert condition(again, "Ready")["status"] == "True"
     assert simulator.admin.call_counts().get("Login", 0) >= 1  # it logged in again
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_deleting_a_policy_stops_its_worker_and_its_metrics(
+    simulator: Simulator, cluster: Cluster, run_operator: Any
+) -> None:
+    build_fleet(simulator, [VMSpec("a")])
+    cluster.credentials(simulator)
+    cluster.apply(policy_manifest("short-lived", simulator))
+    operator: RunningOperator = run_operator()
+    policy = cluster.wait_for(
+        "short-lived", lambda p: settled(p) and condition(p, "Ready")["status"] == "True"
+    )
+    assert "vtpm-operator.io/finalizer" in policy["metadata"]["finalizers"]
+    assert 'policy="short-lived"' in operator.metrics()
+
+    cluster.kubectl("delete", "vtpm", "short-lived", "-n", cluster.namespace, "--timeout=60s")
+    assert cluster.kubectl("get", "vtpm", "-n", cluster.namespace, "-o", "name").stdout.strip() == ""
+    assert 'policy="short-lived"' not in operator.metrics()
+    assert operator.process.poll() is None  # the operator itself keeps running

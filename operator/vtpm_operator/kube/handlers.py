@@ -32,7 +32,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         metrics.serve(memo["metrics_port"], memo.get("metrics_address", "0.0.0.0"))
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, id="keep-policy", cancellation_timeout=60.0)
+# On deletion or shutdown the worker is first asked to stop (it looks every second, and starts no
+# further VM); only after the backoff is the thread given up on. Without a backoff, Kopf cancels
+# at once and then waits the whole timeout before it lets the finalizer go.
+@kopf.daemon(GROUP, VERSION, PLURAL, id="keep-policy", cancellation_backoff=5.0, cancellation_timeout=55.0)
 def keep_policy(
     stopped: kopf.DaemonStopped, name: str, namespace: str | None, body: kopf.Body, **_: Any
 ) -> None:
