@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from .conftest import Cluster, RunningOperator, condition, policy_manifest, sett
 
 pytestmark = pytest.mark.slow
 
+REPO = Path(__file__).resolve().parents[2]
 SELECTED = [
     (spec, state, reasons) for spec, state, reasons in MIXED_FLEET if state not in ("Excluded", "NotSelected")
 ]
@@ -121,6 +123,10 @@ def test_enforce_fixes_every_unblocked_vm_and_reports_each_blocker(
     assert re.search(
         r'vtpm_operator_remediations_total\{policy="fleet",policy_namespace="[^"]+"\} 2\.0', metrics
     )
+    # Every series the shipped alerts query is one the operator really exports.
+    alerted = set(re.findall(r"vtpm_operator_[a-z_]+", (REPO / "deploy/monitoring/rules.yaml").read_text()))
+    exported = set(re.findall(r"^(vtpm_operator_[a-z_]+)\{", metrics, re.MULTILINE))
+    assert alerted and alerted <= exported, alerted - exported
 
     table = cluster.kubectl("get", "vtpm", "-n", cluster.namespace).stdout
     header, row = table.strip().splitlines()
