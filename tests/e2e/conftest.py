@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +34,17 @@ class RunningOperator:
     process: subprocess.Popen[bytes]
     log: Path
     metrics_port: int
+    liveness_port: int
 
     def metrics(self) -> str:
-        import urllib.request
+        return self._get(self.metrics_port, "/metrics")
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+    def healthz(self) -> str:
+        return self._get(self.liveness_port, "/healthz")
+
+    @staticmethod
+    def _get(port: int, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
             return str(response.read().decode())
 
     def log_text(self) -> str:
@@ -53,7 +60,7 @@ def run_operator(
 
     def start() -> RunningOperator:
         log = tmp_path / f"operator-{len(started)}.log"
-        port = free_port()
+        port, liveness = free_port(), free_port()
         env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
         with log.open("wb") as out:
             process = subprocess.Popen(
@@ -66,13 +73,15 @@ def run_operator(
                     str(port),
                     "--metrics-address",
                     "127.0.0.1",
+                    "--liveness",
+                    f"http://127.0.0.1:{liveness}/healthz",
                     "--verbose",
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        operator = RunningOperator(process, log, port)
+        operator = RunningOperator(process, log, port, liveness)
         started.append(operator)
         return operator
 

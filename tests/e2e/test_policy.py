@@ -356,3 +356,4 @@ def test_deleting_a_policy_stops_its_worker_and_its_metrics(
     assert cluster.kubectl("get", "vtpm", "-n", cluster.namespace, "-o", "name").stdout.strip() == ""
     assert 'policy="short-lived"' not in operator.metrics()
     assert operator.process.poll() is None  # the operator itself keeps running
+    assert operator.healthz()  # and its liveness endpoint, the Deployment's probe, answers
