@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from vtpm_operator.facts import Inventory, PowerState, VMFacts
 from vtpm_operator.policy import DesiredVTPM, Mode, Policy
-from vtpm_operator.prerequisites import Action, Reason, Verdict, choose_key_provider, evaluate
+from vtpm_operator.prerequisites import Action, Blocker, Reason, Verdict, choose_key_provider, evaluate
 
 
 class VMState(StrEnum):
@@ -60,12 +60,22 @@ class Plan:
     power_restores: tuple[VMFacts, ...] = ()
 
 
-def make_plan(inventory: Inventory, policy: Policy, held: Mapping[str, str] | None = None) -> Plan:
+def make_plan(
+    inventory: Inventory,
+    policy: Policy,
+    held: Mapping[str, str] | None = None,
+    contested: Mapping[str, str] | None = None,
+) -> Plan:
     """`held`: VMs whose recent changes failed, with what went wrong; they wait for a later sync
-    (see retry.py), so that a VM vCenter keeps refusing is not power-cycled at every resync."""
+    (see retry.py), so that a VM vCenter keeps refusing is not power-cycled at every resync.
+    `contested`: VMs another policy wants the opposite for, with that policy (see claims.py)."""
     held = held or {}
+    contested = contested or {}
     provider = choose_key_provider(inventory.key_providers, policy.key_provider)
-    verdicts = [evaluate(vm, policy, inventory.hosts, provider) for vm in inventory.vms]
+    verdicts = [
+        _with_conflict(evaluate(vm, policy, inventory.hosts, provider), contested.get(vm.id))
+        for vm in inventory.vms
+    ]
     removal_refused = policy.vtpm is DesiredVTPM.ABSENT and not policy.allow_removal
     changes: list[Change] = []
     outcomes: list[VMOutcome] = []
@@ -111,6 +121,16 @@ def make_plan(inventory: Inventory, policy: Policy, held: Mapping[str, str] | No
             if v.vm.power_on_owed and v.vm.id not in changing
         ),
     )
+
+
+def _with_conflict(verdict: Verdict, other_policy: str | None) -> Verdict:
+    if other_policy is None or verdict.compliant:
+        return verdict
+    conflict = Blocker(
+        Reason.CONFLICTING_POLICIES,
+        f"policy {other_policy} selects this VM too and wants the opposite; make the selections disjoint",
+    )
+    return replace(verdict, blockers=(*verdict.blockers, conflict), power_off_first=False)
 
 
 def pending(change: Change) -> VMOutcome:

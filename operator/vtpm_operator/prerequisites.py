@@ -25,6 +25,7 @@ class Reason(StrEnum):
     KEY_PROVIDER_MISSING = "KeyProviderMissing"
     INSUFFICIENT_PRIVILEGES = "InsufficientPrivileges"
     TASK_IN_PROGRESS = "TaskInProgress"
+    CONFLICTING_POLICIES = "ConflictingPolicies"  # another policy wants the opposite (claims.py)
 
 
 class Action(StrEnum):

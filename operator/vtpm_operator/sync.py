@@ -62,10 +62,13 @@ def run_sync(
     *,
     held: Mapping[str, str] | None = None,
     should_continue: Callable[[], bool] = lambda: True,
+    claim: Callable[[frozenset[str]], Mapping[str, str]] = lambda selected: {},
 ) -> SyncResult:
+    """`claim(selected)` records this policy's selection and answers which VMs another policy
+    wants the opposite for (claims.ClaimBoard)."""
     inventory = vsphere.read_inventory(policy)
-    plan = make_plan(inventory, policy, held)
     selected = frozenset(vm.id for vm in inventory.vms)
+    plan = make_plan(inventory, policy, held, claim(selected))
     drifted = len((previously_compliant & selected) - plan.compliant_at_read)
     outcomes = plan.outcomes
     if not plan.changes and not plan.power_restores:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,10 @@ from pyVmomi import vim
 
 from testbed.fleet import CATEGORY, EXEMPT_TAG, REQUIRED_TAG, VMSpec, build_fleet
 from testbed.vcsim import Simulator, connect, disconnect, wait_task
+from vtpm_operator.claims import Claim, ClaimBoard
 from vtpm_operator.facts import PowerState
 from vtpm_operator.planning import VMState, make_plan
-from vtpm_operator.policy import Policy, PowerAction, PowerPolicy, TagRef, VCenterRef
+from vtpm_operator.policy import DesiredVTPM, Policy, PowerAction, PowerPolicy, TagRef, VCenterRef
 from vtpm_operator.problems import PolicyProblem, ProblemReason
 from vtpm_operator.sync import run_sync
 from vtpm_operator.vsphere.client import VSphereClient
@@ -201,3 +203,36 @@ def test_vms_not_started_when_the_policy_changes_midway(simulator: Simulator) ->
     assert states == {"a": VMState.COMPLIANT, "b": VMState.PENDING}
     assert result.attempted == {fleet.ids["a"]}
     assert simulator.admin.call_counts()["ReconfigVM_Task"] == 1
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 3}], indirect=True)
+def test_two_policies_wanting_the_opposite_leave_the_shared_vm_alone(simulator: Simulator) -> None:
+    fleet = build_fleet(simulator, [VMSpec("shared", vtpm=True), VMSpec("only-removal", vtpm=True, tags=())])
+    fleet.create_tag("decommission")
+    fleet.tag("shared", "decommission")
+    fleet.tag("only-removal", "decommission")
+    simulator.admin.reset_call_counts()
+    keep = policy_for(simulator)  # selects "shared" (vtpm-required); it already complies
+    remove = policy_for(
+        simulator,
+        tags=(TagRef(CATEGORY, "decommission"),),
+        exclude_tags=(),
+        vtpm=DesiredVTPM.ABSENT,
+        allow_removal=True,
+    )
+    board = ClaimBoard()
+
+    def claim_for(name: str, policy: Policy) -> Callable[[frozenset[str]], Mapping[str, str]]:
+        return lambda selected: board.claim(name, Claim(simulator.server, policy.vtpm, selected))
+
+    vsphere = client_for(simulator)
+    try:
+        run_sync(vsphere, keep, frozenset(), claim=claim_for("ns/keep", keep))
+        removed = run_sync(vsphere, remove, frozenset(), claim=claim_for("ns/remove", remove))
+    finally:
+        vsphere.close()
+    states = {o.name: (o.state, o.reasons) for o in removed.outcomes}
+    assert states["shared"] == (VMState.BLOCKED, ("ConflictingPolicies",))
+    assert states["only-removal"] == (VMState.COMPLIANT, ())
+    assert removed.remediated_ids == {fleet.ids["only-removal"]}
+    assert simulator.admin.call_counts()["ReconfigVM_Task"] == 1  # only the uncontested VM

@@ -17,6 +17,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from vtpm_operator import metrics
+from vtpm_operator.claims import Claim, ClaimBoard
 from vtpm_operator.events import Notice, notices_for
 from vtpm_operator.kube.secrets import read_connection
 from vtpm_operator.policy import DesiredVTPM, Policy, parse_policy
@@ -33,6 +34,8 @@ MIN_RETRY_SECONDS = 5.0
 FALLBACK_RESYNC_SECONDS = 300.0
 
 log = logging.getLogger(__name__)
+
+CLAIMS = ClaimBoard()  # shared by every policy's worker in this operator process
 
 Emit = Callable[[Notice], None]
 
@@ -65,6 +68,7 @@ class PolicyWorker:
                     delay = min(FALLBACK_RESYNC_SECONDS, MIN_RETRY_SECONDS * 2.0**self.failures)
                 self._sleep(stopped, delay, generation)
         finally:
+            CLAIMS.withdraw(self.key)
             if self._vsphere is not None:
                 self._vsphere.close()
             metrics.forget_policy(self.namespace, self.name)
@@ -82,6 +86,9 @@ class PolicyWorker:
                 self.last_sync.compliant_ids if self.last_sync else frozenset(),
                 on_progress=lambda r: self._report_progress(r, generation, policy),
                 held=self.backoff.held(),
+                claim=lambda selected: CLAIMS.claim(
+                    self.key, Claim(policy.vcenter.server, policy.vtpm, selected)
+                ),
                 should_continue=lambda: not stopped and self._generation() == generation,
             )
         except PolicyProblem as problem:
@@ -137,6 +144,10 @@ class PolicyWorker:
         self.previous = outcome
         if isinstance(outcome, SyncResult):
             self.last_sync = outcome
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
     def _generation(self) -> int:
         return int(self.body["metadata"].get("generation") or 0)
