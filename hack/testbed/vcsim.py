@@ -202,6 +202,10 @@ class SimulatorAdmin:
     def set_tools_running(self, vm_moid: str, running: bool) -> None:
         self._call("POST", f"vms/{vm_moid}/tools", {"running": running})
 
+    def set_shutdown_delay(self, vm_moid: str, seconds: float) -> None:
+        """After ShutdownGuest, the VM powers off `seconds` later instead of at once."""
+        self._call("POST", f"vms/{vm_moid}/shutdown-delay", {"seconds": seconds})
+
     # sessions
     def expire_sessions(self) -> int:
         """Invalidate every SOAP session; returns how many there were."""

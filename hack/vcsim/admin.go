@@ -232,6 +232,15 @@ func (s *state) admin(r *http.Request, p []string) (int, interface{}) {
 			}
 			setToolsRunning(vm, req.Running)
 			return http.StatusOK, nil
+		case "shutdown-delay":
+			var req struct {
+				Seconds float64 `json:"seconds"`
+			}
+			if err := decode(&req); err != nil {
+				return bad("%v", err)
+			}
+			s.setShutdownDelay(vm.Reference(), req.Seconds)
+			return http.StatusOK, nil
 		}
 	case route == "POST tasks" && len(p) == 3 && p[2] == "finish":
 		if err := finishTask(moref("Task", p[1])); err != nil {

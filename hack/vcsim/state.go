@@ -51,6 +51,8 @@ type state struct {
 
 	providers []*provider // registration order, as ListKmipServers returns them
 	crypto    *cryptoObject
+
+	shutdownDelays map[types.ManagedObjectReference]float64 // VM -> seconds its guest takes to shut down
 }
 
 func newState(username, password string) *state {
@@ -59,6 +61,8 @@ func newState(username, password string) *state {
 		users:  map[string]string{username: password},
 		roles:  map[string]map[string]bool{},
 		perms:  map[types.ManagedObjectReference][]permission{},
+
+		shutdownDelays: map[types.ManagedObjectReference]float64{},
 	}
 }
 

@@ -246,6 +246,9 @@ func (s *state) guestOp(w http.ResponseWriter, c *soapCall) bool {
 		writeFault(w, f, "Cannot complete operation because VMware Tools is not running in this virtual machine.")
 		return true
 	}
+	if c.name == "ShutdownGuest" && power == types.VirtualMachinePowerStatePoweredOn {
+		return s.delayedShutdown(w, c, vm)
+	}
 	return false
 }
 

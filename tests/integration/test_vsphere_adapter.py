@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from vtpm_operator.facts import PowerState
 from vtpm_operator.planning import VMState, make_plan
 from vtpm_operator.policy import DesiredVTPM, Policy, PowerAction, PowerPolicy, TagRef, VCenterRef
 from vtpm_operator.problems import PolicyProblem, ProblemReason
-from vtpm_operator.sync import run_sync
+from vtpm_operator.sync import SyncResult, run_sync
 from vtpm_operator.vsphere.client import VSphereClient
 from vtpm_operator.vsphere.session import Credentials, Endpoint, VCenterSession
 
@@ -236,3 +238,37 @@ def test_two_policies_wanting_the_opposite_leave_the_shared_vm_alone(simulator: 
     assert states["only-removal"] == (VMState.COMPLIANT, ())
     assert removed.remediated_ids == {fleet.ids["only-removal"]}
     assert simulator.admin.call_counts()["ReconfigVM_Task"] == 1  # only the uncontested VM
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 5}], indirect=True)
+def test_at_most_max_concurrent_vms_are_in_flight(simulator: Simulator) -> None:
+    """Guests that take 2 s to shut down make the VMs in flight visible from outside."""
+    fleet = build_fleet(simulator, [VMSpec(f"web-{i}", powered_on=True) for i in range(4)])
+    for vm_id in fleet.ids.values():
+        simulator.admin.set_shutdown_delay(vm_id, 2.0)
+    simulator.admin.reset_call_counts()
+    policy = policy_for(simulator, max_concurrent=2, power=PowerPolicy(action=PowerAction.SHUTDOWN))
+    vsphere = client_for(simulator)
+    results: list[SyncResult] = []
+    worker = threading.Thread(target=lambda: results.append(run_sync(vsphere, policy, frozenset())))
+    started = time.monotonic()
+    worker.start()
+    try:
+        shutdowns = []
+        while worker.is_alive() and time.monotonic() - started < 30:
+            shutdowns.append(simulator.admin.call_counts().get("ShutdownGuest", 0))
+            time.sleep(0.1)
+        worker.join(30)
+        elapsed = time.monotonic() - started
+        after = vsphere.read_vms(list(fleet.ids.values()), policy)
+    finally:
+        vsphere.close()
+    (result,) = results
+    assert {o.state for o in result.outcomes} == {VMState.COMPLIANT}
+    assert 2 in shutdowns and max(shutdowns) == 4
+    # Two waves of two: the second pair is asked to shut down only after the first pair is off.
+    first_two = shutdowns.index(2)
+    assert all(count <= 2 for count in shutdowns[first_two : first_two + 15])  # 1.5 s later: still 2
+    assert elapsed >= 4.0
+    assert all(vm.has_vtpm and vm.power_state is PowerState.ON for vm in after.values())
+    assert len(after) == 4
