@@ -254,9 +254,11 @@ def test_at_most_max_concurrent_vms_are_in_flight(simulator: Simulator) -> None:
     started = time.monotonic()
     worker.start()
     try:
-        shutdowns = []
+        samples: list[tuple[float, int, float]] = []  # (asked at, ShutdownGuest calls so far, answered at)
         while worker.is_alive() and time.monotonic() - started < 30:
-            shutdowns.append(simulator.admin.call_counts().get("ShutdownGuest", 0))
+            asked = time.monotonic()
+            count = simulator.admin.call_counts().get("ShutdownGuest", 0)
+            samples.append((asked, count, time.monotonic()))
             time.sleep(0.1)
         worker.join(30)
         elapsed = time.monotonic() - started
@@ -265,10 +267,15 @@ def test_at_most_max_concurrent_vms_are_in_flight(simulator: Simulator) -> None:
         vsphere.close()
     (result,) = results
     assert {o.state for o in result.outcomes} == {VMState.COMPLIANT}
-    assert 2 in shutdowns and max(shutdowns) == 4
-    # Two waves of two: the second pair is asked to shut down only after the first pair is off.
-    first_two = shutdowns.index(2)
-    assert all(count <= 2 for count in shutdowns[first_two : first_two + 15])  # 1.5 s later: still 2
+    counts = [count for _, count, _ in samples]
+    assert 2 in counts and max(counts) == 4
+    # Two waves of two: the second pair is asked to shut down only once the first pair is off,
+    # which the slow guests make 2 s after the first call. The first call happened before the
+    # first sample that saw it was answered; the third after the last sample that did not see it
+    # was asked.
+    first_call_by = next(answered for _, count, answered in samples if count >= 1)
+    third_call_after = max(asked for asked, count, _ in samples if count <= 2)
+    assert third_call_after - first_call_by >= 1.5
     assert elapsed >= 4.0
     assert all(vm.has_vtpm and vm.power_state is PowerState.ON for vm in after.values())
     assert len(after) == 4
