@@ -16,7 +16,7 @@ class VSphere(Protocol):
 
     def read_inventory(self, policy: Policy) -> Inventory: ...
 
-    def read_vms(self, vm_ids: Sequence[str], policy: Policy) -> Mapping[str, VMFacts]:
+    def read_vms(self, vm_ids: Sequence[str]) -> Mapping[str, VMFacts]:
         """Fresh devices and power state of these VMs, to verify changes."""
         ...
 
@@ -90,7 +90,7 @@ def run_sync(
     started = [change for change in plan.changes if change.vm.id in errors]
     # Count a VM compliant only once vCenter shows the change: tasks that "succeed" without
     # effect are a known failure of other tools.
-    after = vsphere.read_vms([change.vm.id for change in started], policy) if started else {}
+    after = vsphere.read_vms([change.vm.id for change in started]) if started else {}
     verified = tuple(
         _verify(change, errors[change.vm.id], after.get(change.vm.id), policy) for change in started
     )

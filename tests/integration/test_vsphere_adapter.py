@@ -80,7 +80,7 @@ def test_a_vm_powered_on_after_the_read_fails_with_vcenters_fault(simulator: Sim
         finally:
             disconnect(si)
         errors = vsphere.apply(plan.changes, (), policy, lambda: True)
-        after = vsphere.read_vms(list(fleet.ids.values()), policy)
+        after = vsphere.read_vms(list(fleet.ids.values()))
     finally:
         vsphere.close()
     assert errors[fleet.ids["calm"]] is None
@@ -262,7 +262,7 @@ def test_at_most_max_concurrent_vms_are_in_flight(simulator: Simulator) -> None:
             time.sleep(0.1)
         worker.join(30)
         elapsed = time.monotonic() - started
-        after = vsphere.read_vms(list(fleet.ids.values()), policy)
+        after = vsphere.read_vms(list(fleet.ids.values()))
     finally:
         vsphere.close()
     (result,) = results

@@ -231,7 +231,7 @@ class FakeVSphere:
     def read_inventory(self, policy: Policy) -> Inventory:
         return Inventory(tuple(self.vms.values()), HOSTS, self.providers, self.excluded)
 
-    def read_vms(self, vm_ids: Sequence[str], policy: Policy) -> Mapping[str, VMFacts]:
+    def read_vms(self, vm_ids: Sequence[str]) -> Mapping[str, VMFacts]:
         self.read_vms_calls.append(tuple(vm_ids))
         return {i: self.vms[i] for i in vm_ids if i in self.vms}
 

@@ -61,13 +61,13 @@ def apply_changes(
     restores: Sequence[VMFacts],
     policy: Policy,
     should_continue: Callable[[], bool],
+    marker: PowerMarker,
 ) -> dict[str, str | None]:
     """Per VM id started: None when every step succeeded, else what went wrong, in vCenter's words.
 
     Restores come first and always run. A change starts only while should_continue() holds, so a
     spec change or a stop does not let a stale plan go on changing VMs.
     """
-    marker = PowerMarker(session)
     queue: list[tuple[str, Callable[[], Workflow]]] = [
         (vm.id, partial(_restore, session, vm, marker)) for vm in restores
     ]
@@ -198,16 +198,27 @@ def _task(
 
 
 class PowerMarker:
-    """The custom attribute that records a power-on the operator owes a VM."""
+    """The custom attribute that records a power-on the operator owes a VM.
+
+    One per session: its key is read until vCenter has the attribute, then kept.
+    """
 
     def __init__(self, session: VCenterSession) -> None:
         self.session = session
         self._key: int | None = None
 
+    def key(self) -> int | None:
+        """The attribute's key, or None when vCenter has no such attribute yet."""
+        if self._key is None:
+            self._key = self._read_key()
+        return self._key
+
     def set(self, vm_id: str, *, owed: bool) -> str | None:
         """None on success, else what went wrong."""
         try:
-            key = self._key if self._key is not None else self._ensure_field()
+            key = self.key()
+            if key is None:
+                key = self._key = self._create()
             self.session.soap(
                 "SetField",
                 lambda content: content.customFieldsManager.SetField(
@@ -218,34 +229,30 @@ class PowerMarker:
             return describe(fault)
         return None
 
-    def _ensure_field(self) -> int:
-        key = marker_key(self.session)
-        if key is None:
-
-            def add(content: Any) -> int:
-                field = content.customFieldsManager.AddCustomFieldDef(
-                    name=POWER_MARKER, moType=vim.VirtualMachine
-                )
-                return int(field.key)
-
-            try:
-                key = self.session.soap("AddCustomFieldDef", add)
-            except vim.fault.DuplicateName:  # another replica or policy made it meanwhile
-                key = marker_key(self.session)
-                if key is None:
-                    raise
-        self._key = key
-        return key
-
-
-def marker_key(session: VCenterSession) -> int | None:
-    """The key of the power marker attribute, or None when vCenter has no such attribute yet."""
-    manager = session.soap("ReadServiceContent", lambda content: content.customFieldsManager._moId)
-    props = retrieve_refs(session, "ReadCustomFields", [(vim.CustomFieldsManager, manager)], ["field"])
-    for field in props.get(manager, {}).get("field") or []:
-        if field.name == POWER_MARKER:
+    def _create(self) -> int:
+        def add(content: Any) -> int:
+            field = content.customFieldsManager.AddCustomFieldDef(
+                name=POWER_MARKER, moType=vim.VirtualMachine
+            )
             return int(field.key)
-    return None
+
+        try:
+            return self.session.soap("AddCustomFieldDef", add)
+        except vim.fault.DuplicateName:  # another policy's worker made it meanwhile
+            key = self._read_key()
+            if key is None:
+                raise
+            return key
+
+    def _read_key(self) -> int | None:
+        manager = self.session.soap("ReadServiceContent", lambda content: content.customFieldsManager._moId)
+        props = retrieve_refs(
+            self.session, "ReadCustomFields", [(vim.CustomFieldsManager, manager)], ["field"]
+        )
+        for field in props.get(manager, {}).get("field") or []:
+            if field.name == POWER_MARKER:
+                return int(field.key)
+        return None
 
 
 def _spec(change: Change, policy: Policy) -> Any:

@@ -11,7 +11,7 @@ from vtpm_operator.planning import Change
 from vtpm_operator.policy import DesiredVTPM, Policy
 from vtpm_operator.prerequisites import required_privileges
 from vtpm_operator.vsphere import inventory
-from vtpm_operator.vsphere.changes import apply_changes, marker_key
+from vtpm_operator.vsphere.changes import PowerMarker, apply_changes
 from vtpm_operator.vsphere.session import VCenterSession
 from vtpm_operator.vsphere.tags import resolve_tags, vms_by_tag
 
@@ -20,6 +20,7 @@ class VSphereClient:
     def __init__(self, session: VCenterSession) -> None:
         self.session = session
         self._guest_support: dict[tuple[str, str], bool | None] = {}
+        self._marker = PowerMarker(session)
 
     def read_inventory(self, policy: Policy) -> Inventory:
         tag_ids = resolve_tags(self.session, policy.tags + policy.exclude_tags)
@@ -38,18 +39,10 @@ class VSphereClient:
             excluded=len(excluded) + len(templates),
         )
 
-    def read_vms(self, vm_ids: Sequence[str], policy: Policy) -> Mapping[str, VMFacts]:
+    def read_vms(self, vm_ids: Sequence[str]) -> Mapping[str, VMFacts]:
         """Devices and power only: enough to verify a change, without the prerequisite reads."""
         return {
-            moid: inventory.vm_facts(
-                moid,
-                props,
-                busy=False,
-                guest_supports_tpm20=None,
-                missing_privileges=frozenset(),
-                power_on_owed=False,
-            )
-            for moid, props in inventory.read_vms(self.session, vm_ids).items()
+            moid: inventory.vm_facts(moid, p) for moid, p in inventory.read_vms(self.session, vm_ids).items()
         }
 
     def apply(
@@ -59,7 +52,7 @@ class VSphereClient:
         policy: Policy,
         should_continue: Callable[[], bool],
     ) -> Mapping[str, str | None]:
-        return apply_changes(self.session, changes, restores, policy, should_continue)
+        return apply_changes(self.session, changes, restores, policy, should_continue, self._marker)
 
     def _facts(self, props: Mapping[str, inventory.Properties], policy: Policy) -> list[VMFacts]:
         if not props:
@@ -74,17 +67,16 @@ class VSphereClient:
             if isinstance(parent, vim.Folder) and on_folder:
                 required[(vim.Folder, parent._moId)] = on_folder
         missing = inventory.missing_privileges(self.session, required)
-        owed_key = marker_key(self.session)
-        guests = {
-            (p["runtime.host"]._moId, p.get("config.guestId") or "")
-            for p in props.values()
+        owed_key = self._marker.key()
+        guest_of = {  # VM → (host, guest id): vCenter answers TPM support per compute resource
+            moid: (p["runtime.host"]._moId, p.get("config.guestId") or "")
+            for moid, p in props.items()
             if p.get("runtime.host") is not None
         }
-        inventory.guest_tpm_support(self.session, guests, self._guest_support)
+        inventory.guest_tpm_support(self.session, guest_of.values(), self._guest_support)
         facts = []
         for moid, p in props.items():
             parent = p.get("parent")
-            host = p.get("runtime.host")
             folder_missing = (
                 missing.get(parent._moId, frozenset()) if isinstance(parent, vim.Folder) else frozenset()
             )
@@ -93,11 +85,9 @@ class VSphereClient:
                     moid,
                     p,
                     busy=moid in busy,
-                    guest_supports_tpm20=(
-                        self._guest_support.get((host._moId, p.get("config.guestId") or ""))
-                        if host is not None
-                        else None
-                    ),
+                    guest_supports_tpm20=self._guest_support.get(guest_of[moid])
+                    if moid in guest_of
+                    else None,
                     missing_privileges=missing.get(moid, frozenset()) | folder_missing,
                     power_on_owed=inventory.has_marker(p, owed_key),
                 )

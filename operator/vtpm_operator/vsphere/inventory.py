@@ -121,11 +121,12 @@ def vm_facts(
     moid: str,
     props: Properties,
     *,
-    busy: bool,
-    guest_supports_tpm20: bool | None,
-    missing_privileges: frozenset[str],
-    power_on_owed: bool,
+    busy: bool = False,
+    guest_supports_tpm20: bool | None = None,
+    missing_privileges: frozenset[str] = frozenset(),
+    power_on_owed: bool = False,
 ) -> VMFacts:
+    """Facts from one VM's properties; the keywords are what the other bulk reads found."""
     devices = props.get("config.hardware.device") or []
     vtpm_key = next((device.key for device in devices if isinstance(device, vim.vm.device.VirtualTPM)), None)
     snapshot = props.get("snapshot")
