@@ -200,17 +200,19 @@ def _task(
 class PowerMarker:
     """The custom attribute that records a power-on the operator owes a VM.
 
-    One per session: its key is read until vCenter has the attribute, then kept.
+    One per client, read once: only this client marks the VMs of its policy, so an attribute it
+    did not find at first can only appear through its own _create.
     """
 
     def __init__(self, session: VCenterSession) -> None:
         self.session = session
         self._key: int | None = None
+        self._read = False
 
     def key(self) -> int | None:
         """The attribute's key, or None when vCenter has no such attribute yet."""
-        if self._key is None:
-            self._key = self._read_key()
+        if not self._read:
+            self._key, self._read = self._read_key(), True
         return self._key
 
     def set(self, vm_id: str, *, owed: bool) -> str | None:
