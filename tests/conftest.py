@@ -3,7 +3,7 @@
 - ``control_plane`` (session): a fresh local control plane, or the cluster ``$KUBECONFIG`` points at
   when ``VTPM_USE_EXISTING_CLUSTER=1``.
 - ``kube_api`` (session): a ``kubernetes.client.ApiClient`` for it (admin).
-- ``crd_installed`` (session): ``crds/vtpmpolicies.yaml`` applied and Established; returns the CRD name.
+- ``crd_installed`` (session): every CRD in ``crds/`` applied and Established; returns the VTPMPolicy CRD's name.
 - ``namespace`` (function): a fresh namespace, deleted after the test.
 - ``kubectl`` (session): runs /usr/bin/kubectl against the control plane.
 - ``simulator`` (function): a fresh vCenter simulator with vCenter's vTPM rules.
@@ -28,6 +28,7 @@ from testbed.vcsim import Simulator, build_simulator, make_tls, running_simulato
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_FILE = REPO / "crds" / "vtpmpolicies.yaml"
+CRD_FILES = sorted((REPO / "crds").glob("*.yaml"))
 KUBECTL = "/usr/bin/kubectl"
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
@@ -77,23 +78,27 @@ def _established(crd: Any) -> bool:
 
 @pytest.fixture(scope="session")
 def crd_installed(kube_api: client.ApiClient) -> str:
-    """Create or replace the VTPMPolicy CRD and wait until it is Established."""
-    body = yaml.safe_load(CRD_FILE.read_text())
-    name: str = body["metadata"]["name"]
+    """Create or replace every CRD in crds/ and wait until each is Established."""
     ext = client.ApiextensionsV1Api(kube_api)
-    try:
-        ext.create_custom_resource_definition(body)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        current = ext.read_custom_resource_definition(name)
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(name, body)
+    names = []
+    for path in CRD_FILES:
+        body = yaml.safe_load(path.read_text())
+        name: str = body["metadata"]["name"]
+        names.append(name)
+        try:
+            ext.create_custom_resource_definition(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            current = ext.read_custom_resource_definition(name)
+            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            ext.replace_custom_resource_definition(name, body)
     deadline = time.monotonic() + 60
-    while not _established(ext.read_custom_resource_definition(name)):
-        assert time.monotonic() < deadline, f"CRD {name} not Established after 60s"
-        time.sleep(0.2)
-    return name
+    for name in names:
+        while not _established(ext.read_custom_resource_definition(name)):
+            assert time.monotonic() < deadline, f"CRD {name} not Established after 60s"
+            time.sleep(0.2)
+    return str(yaml.safe_load(CRD_FILE.read_text())["metadata"]["name"])
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ MIXED_FLEET: tuple[tuple[VMSpec, str, tuple[str, ...]], ...] = (
     (VMSpec("win11-snapshot", snapshot=True), "Blocked", ("HasSnapshots",)),
     (VMSpec("winxp-legacy", guest="winXPProGuest"), "Blocked", ("GuestOSUnsupported",)),
     (VMSpec("ubuntu-old-host", guest="ubuntu64Guest", old_host=True), "Blocked", ("HostVersionTooOld",)),
-    (VMSpec("win11-busy", busy=True), "Blocked", ("TaskInProgress",)),
+    (VMSpec("win11-busy", busy=True), "Pending", ()),  # waits for the running task, blocked by nothing
     (VMSpec("win11-no-privilege", no_encrypt_privilege=True), "Blocked", ("InsufficientPrivileges",)),
     (
         VMSpec(

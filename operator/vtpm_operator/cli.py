@@ -9,8 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import durationpy
+
 from vtpm_operator.planning import VMState, make_plan
-from vtpm_operator.policy import DesiredVTPM, Mode, Policy, TagRef, VCenterRef
+from vtpm_operator.policy import DesiredVTPM, Mode, Policy, TagRef
 from vtpm_operator.problems import PolicyProblem
 from vtpm_operator.vsphere.client import VSphereClient
 from vtpm_operator.vsphere.faults import describe
@@ -32,6 +34,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--metrics-port", type=int, default=9100, help="Prometheus port; 0 turns it off")
     run.add_argument("--metrics-address", default="0.0.0.0")
+    run.add_argument(
+        "--operator-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "vtpm-operator",
+        help="where the VCenters' Secrets live (default: $POD_NAMESPACE, else vtpm-operator)",
+    )
+    run.add_argument("--task-timeout", type=_duration, default="15m", help="a task past it is cancelled")
+    run.add_argument(
+        "--tag-refresh", type=_duration, default="10s", help="how often tag associations are read"
+    )
+    run.add_argument(
+        "--retry-base", type=_duration, default="30s", help="wait after a VM's first failed change"
+    )
+    run.add_argument("--retry-limit", type=int, default=3, help="refusals in a row before RetriesExhausted")
     run.add_argument("--verbose", "-v", action="store_true")
 
     audit = commands.add_parser("audit", help="one read-only check of a tag selection, without Kubernetes")
@@ -63,14 +78,35 @@ def _tag(text: str) -> TagRef:
     return TagRef(category, name)
 
 
+def _duration(text: str) -> float:
+    try:
+        return float(durationpy.from_str(text).total_seconds())
+    except Exception as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s or 15m") from error
+
+
 def _run(args: argparse.Namespace) -> int:
     import kopf
 
     import vtpm_operator.kube.handlers  # noqa: F401  (registers the handlers)
+    from vtpm_operator import metrics
+    from vtpm_operator.engine.engine import EngineSettings
 
     kopf.configure(verbose=args.verbose)  # sets up the root logger for our modules too
+    if args.metrics_port:
+        metrics.serve(args.metrics_port, args.metrics_address)
+    settings = EngineSettings(
+        tag_refresh=args.tag_refresh,
+        task_timeout=args.task_timeout,
+        retry_base=args.retry_base,
+        retry_limit=args.retry_limit,
+    )
     kopf.run(
-        memo=kopf.Memo(metrics_port=args.metrics_port, metrics_address=args.metrics_address),
+        memo=kopf.Memo(
+            operator_namespace=args.operator_namespace,
+            namespaces=args.namespace,
+            engine_settings=settings,
+        ),
         standalone=True,
         clusterwide=args.all_namespaces or not args.namespace,
         namespaces=args.namespace,
@@ -86,9 +122,7 @@ def _audit(args: argparse.Namespace) -> int:
         print(f"set the password in ${args.password_env}", file=sys.stderr)
         return 2
     policy = Policy(
-        vcenter=VCenterRef(
-            args.server, credentials_secret="-", insecure_skip_verify=args.insecure_skip_verify
-        ),
+        vcenter=args.server,
         tags=tuple(args.tag),
         exclude_tags=tuple(args.exclude_tag),
         vtpm=DesiredVTPM(args.vtpm),

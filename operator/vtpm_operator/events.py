@@ -32,8 +32,6 @@ def notices_for(
         if isinstance(previous, PolicyProblem) and previous.reason == current.reason:
             return []
         return [Notice("Warning", current.reason.value, current.message)]
-    if current.in_flight:
-        return []
     notices = []
     if isinstance(previous, PolicyProblem):
         notices.append(Notice("Normal", "SyncRecovered", f"vCenter read again after {previous.reason.value}"))

@@ -17,6 +17,16 @@ class PowerState(StrEnum):
 
 
 @dataclass(frozen=True)
+class About:
+    """Who a server says it is, before anyone logs in."""
+
+    api_type: str  # "VirtualCenter" for vCenter, "HostAgent" for a standalone ESXi host
+    instance_uuid: str
+    version: str
+    build: str
+
+
+@dataclass(frozen=True)
 class HostFacts:
     id: str
     name: str
@@ -31,7 +41,12 @@ class KeyProvider:
     kind: str  # "kmip", "native", "trustAuthority"
 
 
-@dataclass(frozen=True)
+# The fleet view reads only summary.config.tpmPresent; the device list (and with it the device's
+# key) is read for a VM about to change. This key stands for "present, key not read".
+KEY_NOT_READ = -1
+
+
+@dataclass(frozen=True, slots=True)
 class VMFacts:
     id: str  # managed object id, e.g. "vm-42"
     name: str
@@ -42,12 +57,13 @@ class VMFacts:
     host_id: str | None
     folder_id: str | None
     has_snapshots: bool
-    vtpm_device_key: int | None  # the VirtualTPM device's key, None when the VM has none
+    vtpm_device_key: int | None  # the VirtualTPM device's key (or KEY_NOT_READ), None when it has none
     task_in_progress: bool
     tools_running: bool
     # vCenter's own answer for this guest id (GuestOsDescriptor.supportsTPM20); None when it gave none.
     guest_supports_tpm20: bool | None = None
-    # Privileges the operator's account lacks for changing this VM (on the VM or its folder).
+    # Privileges the operator's account lacks on this VM or its folder, among all it may need;
+    # each policy judges only those its own change needs (prerequisites.required_privileges).
     missing_privileges: frozenset[str] = field(default_factory=frozenset)
     is_template: bool = False
     # The operator shut this VM down for a change and still owes it a power-on (a marker kept in

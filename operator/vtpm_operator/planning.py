@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from vtpm_operator.facts import Inventory, PowerState, VMFacts
 from vtpm_operator.policy import DesiredVTPM, Mode, Policy
 from vtpm_operator.prerequisites import Action, Blocker, Reason, Verdict, choose_key_provider, evaluate
+from vtpm_operator.retry import Hold
 
 
 class VMState(StrEnum):
@@ -17,6 +18,12 @@ class VMState(StrEnum):
     PENDING = "Pending"  # queued or being changed
     BLOCKED = "Blocked"  # prerequisites unmet: needs a person
     FAILED = "Failed"  # vCenter refused, or the change did not take
+
+
+class FailReason(StrEnum):
+    """Why a Failed VM is not tried again by itself."""
+
+    RETRIES_EXHAUSTED = "RetriesExhausted"
 
 
 class NoteReason(StrEnum):
@@ -63,57 +70,33 @@ class Plan:
 def make_plan(
     inventory: Inventory,
     policy: Policy,
-    held: Mapping[str, str] | None = None,
+    held: Mapping[str, Hold | str] | None = None,
     contested: Mapping[str, str] | None = None,
+    *,
+    removal_refused: str | None = None,
 ) -> Plan:
-    """`held`: VMs whose recent changes failed, with what went wrong; they wait for a later sync
-    (see retry.py), so that a VM vCenter keeps refusing is not power-cycled at every resync.
-    `contested`: VMs another policy wants the opposite for, with that policy (see claims.py)."""
+    """`held`: VMs whose recent changes failed, with what went wrong; they wait for a later try,
+    so that a VM vCenter keeps refusing is not power-cycled at every look.
+    `contested`: VMs other policies want otherwise, with a message saying so (claims.py).
+    `removal_refused`: why removal is not allowed, when it is not (default: the policy's switch)."""
     held = held or {}
     contested = contested or {}
+    if removal_refused is None:
+        removal_refused = default_removal_refusal(policy)
     provider = choose_key_provider(inventory.key_providers, policy.key_provider)
-    verdicts = [
-        _with_conflict(evaluate(vm, policy, inventory.hosts, provider), contested.get(vm.id))
-        for vm in inventory.vms
-    ]
-    removal_refused = policy.vtpm is DesiredVTPM.ABSENT and not policy.allow_removal
     changes: list[Change] = []
     outcomes: list[VMOutcome] = []
-    for verdict in sorted(verdicts, key=lambda v: (v.vm.name, v.vm.id)):
-        vm = verdict.vm
-        if verdict.compliant:
-            outcomes.append(VMOutcome(vm.id, vm.name, VMState.COMPLIANT))
-        elif removal_refused:  # before blockers: nobody should clear a blocker for a change never made
-            outcomes.append(
-                VMOutcome(vm.id, vm.name, VMState.NON_COMPLIANT, message="has a vTPM; allowRemoval is false")
-            )
-        elif verdict.blockers:
-            outcomes.append(_blocked(verdict))
-        elif policy.mode is Mode.AUDIT:
-            outcomes.append(_audited(verdict))
-        elif vm.id in held:
-            outcomes.append(
-                VMOutcome(vm.id, vm.name, VMState.FAILED, message=f"{held[vm.id]} (retried at a later sync)")
-            )
-        else:
-            changes.append(
-                Change(
-                    vm,
-                    verdict.action,
-                    power_off_first=verdict.power_off_first,
-                    restore_power=vm.power_on_owed
-                    or (
-                        verdict.power_off_first
-                        and policy.power.restore_power_state
-                        and vm.power_state is PowerState.ON
-                    ),
-                )
-            )
+    verdicts = []
+    for vm in sorted(inventory.vms, key=lambda v: (v.name, v.id)):
+        verdict = with_conflict(evaluate(vm, policy, inventory.hosts, provider), contested.get(vm.id))
+        verdicts.append(verdict)
+        decision = decide(verdict, policy, removal_refused=removal_refused, held=held.get(vm.id))
+        (changes if isinstance(decision, Change) else outcomes).append(decision)  # type: ignore[arg-type]
     changing = {change.vm.id for change in changes}
     return Plan(
         changes=tuple(changes),
         outcomes=tuple(outcomes),
-        notes=_notes(verdicts, removal_refused, policy),
+        notes=policy_notes(outcomes, policy, removal_refused),
         compliant_at_read=frozenset(v.vm.id for v in verdicts if v.compliant),
         power_restores=tuple(
             v.vm
@@ -123,13 +106,45 @@ def make_plan(
     )
 
 
-def _with_conflict(verdict: Verdict, other_policy: str | None) -> Verdict:
-    if other_policy is None or verdict.compliant:
-        return verdict
-    conflict = Blocker(
-        Reason.CONFLICTING_POLICIES,
-        f"policy {other_policy} selects this VM too and wants the opposite; make the selections disjoint",
+def default_removal_refusal(policy: Policy) -> str | None:
+    """Why this policy may not remove a vTPM, or None when it may."""
+    if policy.vtpm is DesiredVTPM.ABSENT and not policy.allow_removal:
+        return "allowRemoval is false"
+    return None
+
+
+def decide(
+    verdict: Verdict, policy: Policy, *, removal_refused: str | None, held: Hold | str | None = None
+) -> VMOutcome | Change:
+    """One VM's state under one policy, or the change that brings it there. The one place that decides."""
+    vm = verdict.vm
+    if verdict.compliant:
+        return VMOutcome(vm.id, vm.name, VMState.COMPLIANT)
+    if verdict.action is Action.REMOVE and removal_refused:
+        # Before blockers: nobody should clear a blocker for a change never made.
+        return VMOutcome(vm.id, vm.name, VMState.NON_COMPLIANT, message=f"has a vTPM; {removal_refused}")
+    if verdict.blockers:
+        return _blocked(verdict)
+    if policy.mode is Mode.AUDIT:
+        return _audited(verdict)
+    if isinstance(held, Hold):
+        reasons = (FailReason.RETRIES_EXHAUSTED.value,) if held.exhausted else ()
+        return VMOutcome(vm.id, vm.name, VMState.FAILED, reasons, held.message)
+    if held is not None:
+        return VMOutcome(vm.id, vm.name, VMState.FAILED, message=f"{held} (retried later)")
+    return Change(
+        vm,
+        verdict.action,
+        power_off_first=verdict.power_off_first,
+        restore_power=vm.power_on_owed
+        or (verdict.power_off_first and policy.power.restore_power_state and vm.power_state is PowerState.ON),
     )
+
+
+def with_conflict(verdict: Verdict, conflict_message: str | None) -> Verdict:
+    if conflict_message is None or verdict.compliant:
+        return verdict
+    conflict = Blocker(Reason.CONFLICTING_POLICIES, conflict_message)
     return replace(verdict, blockers=(*verdict.blockers, conflict), power_off_first=False)
 
 
@@ -157,20 +172,25 @@ def _audited(verdict: Verdict) -> VMOutcome:
     )
 
 
-def _notes(verdicts: list[Verdict], removal_refused: bool, policy: Policy) -> tuple[PolicyNote, ...]:
+def policy_notes(
+    outcomes: Iterable[VMOutcome], policy: Policy, removal_refused: str | None
+) -> tuple[PolicyNote, ...]:
+    """Policy-level notes, from the VMs' outcomes: what waits for a person beyond single VMs."""
+    to_remove = missing_provider = 0
+    for outcome in outcomes:
+        if outcome.state is VMState.NON_COMPLIANT and removal_refused and policy.vtpm is DesiredVTPM.ABSENT:
+            to_remove += 1
+        if Reason.KEY_PROVIDER_MISSING.value in outcome.reasons:
+            missing_provider += 1
     notes = []
-    to_remove = sum(1 for v in verdicts if v.action is Action.REMOVE)
-    if removal_refused and to_remove:
+    if to_remove:
         notes.append(
             PolicyNote(
                 NoteReason.REMOVAL_NOT_ALLOWED,
-                f"{to_remove} VMs have a vTPM, but allowRemoval is false; removing a vTPM destroys "
-                "BitLocker keys and other secrets sealed to it, so set allowRemoval: true only on purpose",
+                f"{to_remove} VMs have a vTPM, but {removal_refused}; removing a vTPM destroys "
+                "BitLocker keys and other secrets sealed to it, so allow removal only on purpose",
             )
         )
-    missing_provider = sum(
-        1 for v in verdicts if any(b.reason is Reason.KEY_PROVIDER_MISSING for b in v.blockers)
-    )
     if missing_provider:
         wanted = f"key provider {policy.key_provider!r}" if policy.key_provider else "a default key provider"
         notes.append(

@@ -41,14 +41,6 @@ class TagRef:
 
 
 @dataclass(frozen=True)
-class VCenterRef:
-    server: str
-    credentials_secret: str
-    ca_secret: str | None = None
-    insecure_skip_verify: bool = False
-
-
-@dataclass(frozen=True)
 class PowerPolicy:
     action: PowerAction = PowerAction.SKIP
     shutdown_timeout: float = 600.0  # seconds
@@ -58,7 +50,7 @@ class PowerPolicy:
 
 @dataclass(frozen=True)
 class Policy:
-    vcenter: VCenterRef
+    vcenter: str  # the VCenter object's name
     tags: tuple[TagRef, ...]
     exclude_tags: tuple[TagRef, ...] = ()
     vtpm: DesiredVTPM = DesiredVTPM.PRESENT
@@ -91,7 +83,11 @@ def parse_policy(spec: Mapping[str, Any]) -> Policy:
 
 
 def _parse(spec: Mapping[str, Any]) -> Policy:
-    vcenter = _section(spec, "vcenter", required=True)
+    if "vcenterRef" not in spec and "vcenter" in spec:
+        raise ValueError(
+            "spec.vcenter moved: the connection is a cluster-scoped VCenter now; set spec.vcenterRef.name"
+        )
+    vcenter = _section(spec, "vcenterRef", required=True)
     selector = _section(spec, "selector", required=True)
     power = _section(spec, "powerPolicy")
     tags = _tags(selector.get("tags") or [])
@@ -107,12 +103,7 @@ def _parse(spec: Mapping[str, Any]) -> Policy:
     if shutdown_timeout <= 0:
         raise ValueError("powerPolicy.shutdownTimeout must be longer than 0s")
     return Policy(
-        vcenter=VCenterRef(
-            server=_text(vcenter, "server"),
-            credentials_secret=_text(vcenter, "credentialsSecret"),
-            ca_secret=_text(vcenter, "caSecret", "") or None,
-            insecure_skip_verify=_flag(vcenter, "insecureSkipVerify", False),
-        ),
+        vcenter=_text(vcenter, "name"),
         tags=tags,
         exclude_tags=_tags(selector.get("excludeTags") or []),
         vtpm=DesiredVTPM(spec.get("vtpm", DesiredVTPM.PRESENT)),

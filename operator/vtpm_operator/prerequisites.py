@@ -53,6 +53,11 @@ POWER_PRIVILEGES_ON_VM = frozenset(
 )
 
 
+# What any policy may need: read once for the whole fleet, judged per policy.
+ANY_CHANGE_ON_VM = ADD_PRIVILEGES_ON_VM | REMOVE_PRIVILEGES_ON_VM | POWER_PRIVILEGES_ON_VM
+ANY_CHANGE_ON_FOLDER = ADD_PRIVILEGES_ON_FOLDER
+
+
 def required_privileges(policy: Policy) -> tuple[frozenset[str], frozenset[str]]:
     """(on the VM, on its folder): what the operator's account needs to carry out this policy."""
     on_vm = ADD_PRIVILEGES_ON_VM if policy.vtpm is DesiredVTPM.PRESENT else REMOVE_PRIVILEGES_ON_VM
@@ -107,8 +112,10 @@ def evaluate(
             blockers.append(Blocker(Reason.POWERED_ON, detail))
     if vm.has_snapshots:
         blockers.append(Blocker(Reason.HAS_SNAPSHOTS, "has snapshots; delete or consolidate them first"))
-    if vm.missing_privileges:
-        missing = ", ".join(sorted(vm.missing_privileges))
+    on_vm, on_folder = required_privileges(policy)
+    lacking = vm.missing_privileges & (on_vm | on_folder)
+    if lacking:
+        missing = ", ".join(sorted(lacking))
         blockers.append(
             Blocker(Reason.INSUFFICIENT_PRIVILEGES, f"the operator's vCenter account lacks {missing}")
         )

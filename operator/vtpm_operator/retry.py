@@ -1,43 +1,77 @@
-"""Per-VM backoff after failed changes. Pure.
+"""Per-VM retries after failed changes, measured in time. Pure.
 
-A VM that vCenter refuses would otherwise be retried at every resync, and with
-powerPolicy.action Shutdown that means a guest shut down and started again every five minutes.
-After its n-th failure in a row a VM sits out 2**(n-1) - 1 syncs (at most MAX_SKIPPED).
+A VM that vCenter refuses would otherwise be retried at every look, and with powerPolicy.action
+Shutdown each retry is a guest shut down and started again. After its n-th failure in a row a VM
+waits base * 2**(n-1) (at most `longest`). After `limit` refusals in a row for the same fault it
+is not tried again (RetriesExhausted) until its prerequisite facts change, its policy's spec
+changes, or a person asks for another try.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from vtpm_operator.planning import VMState
-from vtpm_operator.sync import SyncResult
 
-MAX_SKIPPED = 7
+@dataclass(frozen=True)
+class Failure:
+    count: int  # refusals in a row for `fault`
+    fault: str  # what kind of refusal: the fault type, so that a different fault starts again at 1
+    message: str  # vCenter's words, for status
+    next_try: float  # unix time
+    facts: Hashable  # the VM's prerequisite facts when it failed: a change of them earns a new try
+
+
+@dataclass(frozen=True)
+class Hold:
+    message: str
+    exhausted: bool
 
 
 @dataclass
-class FailureBackoff:
-    sync_number: int = 0
-    # VM id → (failures in a row, sync number of its next attempt, what went wrong last time)
-    failures: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+class RetryBook:
+    base: float = 30.0
+    longest: float = 1800.0
+    limit: int = 3
+    failures: dict[str, Failure] = field(default_factory=dict)
 
-    def held(self) -> dict[str, str]:
-        """VMs the coming sync must not change, with their last failure."""
-        return {
-            vm: message for vm, (_, next_try, message) in self.failures.items() if next_try > self.sync_number
-        }
+    def failed(self, vm_id: str, fault: str, message: str, facts: Hashable, now: float) -> Failure:
+        earlier = self.failures.get(vm_id)
+        count = earlier.count + 1 if earlier is not None and earlier.fault == fault else 1
+        wait = min(self.longest, self.base * 2 ** (count - 1))
+        failure = Failure(count, fault, message, now + wait, facts)
+        self.failures[vm_id] = failure
+        return failure
 
-    def record(self, result: SyncResult) -> None:
-        """After a completed sync: count its failed changes, forget VMs that succeeded or left."""
-        self.sync_number += 1
-        selected = {o.id: o for o in result.outcomes}
-        for vm in list(self.failures):
-            if vm not in selected or selected[vm].state is VMState.COMPLIANT:
-                del self.failures[vm]
-        for vm in result.attempted:
-            outcome = selected.get(vm)
-            if outcome is None or outcome.state is not VMState.FAILED:
-                continue
-            count = self.failures.get(vm, (0, 0, ""))[0] + 1
-            skipped = min(MAX_SKIPPED, 2 ** (count - 1) - 1)
-            self.failures[vm] = (count, self.sync_number + skipped, outcome.message)
+    def succeeded(self, vm_id: str) -> None:
+        self.failures.pop(vm_id, None)
+
+    def forget(self, vm_ids: Iterable[str] | None = None) -> None:
+        """A person asked for another try (all VMs when None), or the spec changed."""
+        if vm_ids is None:
+            self.failures.clear()
+        for vm_id in vm_ids or ():
+            self.failures.pop(vm_id, None)
+
+    def hold(self, vm_id: str, facts: Hashable, now: float) -> Hold | None:
+        """Why the VM must not be changed now, or None when it may."""
+        failure = self.failures.get(vm_id)
+        if failure is None:
+            return None
+        if failure.facts != facts:  # something a person fixed: try again at once
+            del self.failures[vm_id]
+            return None
+        if failure.count >= self.limit:
+            return Hold(
+                f"vCenter refused {failure.count} times in a row: {failure.message}; fix the cause, "
+                "or annotate the policy with vtpm-operator.io/retry to try again",
+                exhausted=True,
+            )
+        if now < failure.next_try:
+            after = datetime.fromtimestamp(failure.next_try, UTC).strftime("%H:%M:%SZ")
+            return Hold(
+                f"{failure.message} (attempt {failure.count} of {self.limit} failed; next try after {after})",
+                exhausted=False,
+            )
+        return None

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from vtpm_operator.facts import About, KeyProvider
 from vtpm_operator.planning import VMOutcome, VMState
-from vtpm_operator.problems import PolicyProblem
+from vtpm_operator.problems import PolicyProblem, ProblemReason
 from vtpm_operator.sync import SyncResult
 
 MAX_VMS_IN_STATUS = 100  # keeps the object far below etcd's size limit at any fleet size
@@ -123,7 +124,8 @@ def build_status(
     generation: int,
     now: datetime,
 ) -> dict[str, Any]:
-    """The status to write. After a PolicyProblem, summary and vms keep the last sync's values."""
+    """The status to write, built on the previous one (totals and condition times carry on).
+    After a PolicyProblem, summary, vms and lastSyncTime keep their earlier values."""
     previous = previous or {}
     status: dict[str, Any] = {
         "observedGeneration": generation,
@@ -132,15 +134,14 @@ def build_status(
         ),
     }
     if isinstance(outcome, SyncResult):
-        earlier_total = int((previous.get("summary") or {}).get("remediatedTotal", 0))
-        status["summary"] = summary(outcome, earlier_total)
+        status["summary"] = summary(outcome, previous.get("summary") or {})
         status["vms"] = vm_entries(outcome.outcomes)
-        if not outcome.in_flight:
-            status["lastSyncTime"] = _timestamp(now)
+        status["lastSyncTime"] = _timestamp(now)
     return status
 
 
-def summary(result: SyncResult, earlier_remediated_total: int) -> dict[str, int]:
+def summary(result: SyncResult, earlier: Mapping[str, Any]) -> dict[str, int]:
+    """Counts of this look, and the running totals carried on from the earlier summary."""
     return {
         "matched": len(result.outcomes),
         "compliant": result.count(VMState.COMPLIANT),
@@ -148,8 +149,10 @@ def summary(result: SyncResult, earlier_remediated_total: int) -> dict[str, int]
         "pending": result.count(VMState.PENDING),
         "blocked": result.count(VMState.BLOCKED),
         "failed": result.count(VMState.FAILED),
+        "excluded": result.excluded,
         "drifted": result.drifted,
-        "remediatedTotal": earlier_remediated_total + result.remediated,
+        "driftedTotal": int(earlier.get("driftedTotal", 0)) + result.drifted,
+        "remediatedTotal": int(earlier.get("remediatedTotal", 0)) + result.remediated,
     }
 
 
@@ -176,3 +179,70 @@ def _clip(text: str, limit: int) -> str:
 
 def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# Reasons a person must act on: the VCenter (and its policies) are Stalled on them.
+_NEEDS_A_PERSON = {
+    ProblemReason.SECRET_NOT_FOUND,
+    ProblemReason.INVALID_SECRET,
+    ProblemReason.AUTHENTICATION_FAILED,
+    ProblemReason.CERTIFICATE_NOT_TRUSTED,
+    ProblemReason.NOT_VCENTER,
+    ProblemReason.DUPLICATE_VCENTER,
+    ProblemReason.INVALID_SPEC,
+}
+
+
+def vcenter_status(
+    previous: Mapping[str, Any],
+    problem: PolicyProblem | None,
+    about: About | None,
+    *,
+    key_providers: Sequence[KeyProvider],
+    policies: int,
+    vms: int,
+    generation: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """The VCenter's status: Ready when logged in to a vCenter, else the reason why not."""
+    if problem is None and about is None:
+        ready = Condition("Ready", "Unknown", "Connecting", "connecting to vCenter")
+    elif problem is not None:
+        ready = Condition("Ready", "False", problem.reason.value, problem.message)
+    else:
+        ready = Condition("Ready", "True", "Connected", f"watching {vms} VMs for {policies} policies")
+    stalled = problem is not None and problem.reason in _NEEDS_A_PERSON
+    conditions = [
+        ready,
+        Condition(
+            "Stalled",
+            "True" if stalled else "False",
+            problem.reason.value if stalled and problem else "NotStalled",
+            problem.message if stalled and problem else "nothing waits for a person",
+        ),
+    ]
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(previous.get("conditions") or [], conditions, generation, now),
+        "policies": policies,
+        "vms": vms,
+    }
+    if about is not None:
+        status.update(
+            instanceUuid=about.instance_uuid, version=about.version, build=about.build, apiType=about.api_type
+        )
+        status["keyProviders"] = [
+            {
+                "id": p.id,
+                "type": _PROVIDER_TYPES.get(p.kind, p.kind),
+                "default": p.is_default,
+                "backedUp": p.usable,
+            }
+            for p in key_providers
+        ]
+    if problem is None and about is not None:
+        status["lastInventoryTime"] = _timestamp(now)
+    return {**previous, **status}
+
+
+_PROVIDER_TYPES = {"kmip": "Standard", "native": "Native", "trustAuthority": "TrustAuthority"}

@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,12 @@ class RunningOperator:
 @pytest.fixture
 def run_operator(
     control_plane: ControlPlane, crd_installed: str, namespace: str, tmp_path: Path
-) -> Iterator[Callable[[], RunningOperator]]:
-    """Start `vtpm-operator run` for the test's namespace; stopped by PID at the end."""
+) -> Iterator[Callable[..., RunningOperator]]:
+    """Start `vtpm-operator run` for the test's namespace (its Secrets live there too, as in the
+    operator's own namespace); stopped by PID at the end."""
     started: list[RunningOperator] = []
 
-    def start() -> RunningOperator:
+    def start(*extra: str) -> RunningOperator:
         log = tmp_path / f"operator-{len(started)}.log"
         port, liveness = free_port(), free_port()
         env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
@@ -69,6 +70,10 @@ def run_operator(
                     "run",
                     "--namespace",
                     namespace,
+                    "--operator-namespace",
+                    namespace,
+                    "--tag-refresh",
+                    "2s",
                     "--metrics-port",
                     str(port),
                     "--metrics-address",
@@ -76,6 +81,7 @@ def run_operator(
                     "--liveness",
                     f"http://127.0.0.1:{liveness}/healthz",
                     "--verbose",
+                    *extra,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -104,10 +110,43 @@ class Cluster:
     kubectl: Callable[..., subprocess.CompletedProcess[str]]
     api: client.ApiClient
     namespace: str
+    vcenters: list[str] = field(default_factory=list)  # cluster-scoped: deleted after the test
 
     def apply(self, manifest: str | dict[str, Any]) -> None:
         text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
         self.kubectl("apply", "-n", self.namespace, "-f", "-", input=text)
+
+    def vcenter(self, sim: Simulator, *, name: str | None = None, **spec: Any) -> str:
+        """Secrets in the operator's namespace and a cluster-scoped VCenter for the simulator; its name."""
+        self.credentials(sim)
+        name = name or f"{self.namespace}-vc"
+        body: dict[str, Any] = {
+            "server": sim.server,
+            "credentialsSecretRef": {"name": "vcenter-creds"},
+            "caSecretRef": {"name": "vcenter-ca"},
+        }
+        body.update(spec)
+        self.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=yaml.safe_dump(
+                {
+                    "apiVersion": "vtpm-operator.io/v1alpha1",
+                    "kind": "VCenter",
+                    "metadata": {"name": name},
+                    "spec": body,
+                }
+            ),
+        )
+        self.vcenters.append(name)
+        return name
+
+    def vcenter_object(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = client.CustomObjectsApi(self.api).get_cluster_custom_object(
+            "vtpm-operator.io", "v1alpha1", "vcenters", name
+        )
+        return result
 
     def credentials(
         self, sim: Simulator, *, name: str = "vcenter-creds", password: str | None = None
@@ -158,14 +197,17 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(kubectl: Any, kube_api: client.ApiClient, namespace: str) -> Cluster:
-    return Cluster(kubectl, kube_api, namespace)
+def cluster(kubectl: Any, kube_api: client.ApiClient, namespace: str) -> Iterator[Cluster]:
+    cluster = Cluster(kubectl, kube_api, namespace)
+    yield cluster
+    for name in cluster.vcenters:
+        kubectl("delete", "vcenter", name, "--ignore-not-found", "--wait=false")
 
 
-def policy_manifest(name: str, sim: Simulator, **spec: Any) -> dict[str, Any]:
-    """A VTPMPolicy for the fleet's tags; keyword arguments override spec fields."""
+def policy_manifest(name: str, vcenter: str, **spec: Any) -> dict[str, Any]:
+    """A VTPMPolicy for the fleet's tags on the named VCenter; keyword arguments override spec fields."""
     body: dict[str, Any] = {
-        "vcenter": {"server": sim.server, "credentialsSecret": "vcenter-creds", "caSecret": "vcenter-ca"},
+        "vcenterRef": {"name": vcenter},
         "selector": {
             "tags": [{"category": CATEGORY, "name": REQUIRED_TAG}],
             "excludeTags": [{"category": CATEGORY, "name": EXEMPT_TAG}],
@@ -198,8 +240,21 @@ def settled(policy: dict[str, Any]) -> bool:
     )
 
 
+def summary(policy: dict[str, Any]) -> dict[str, Any]:
+    return dict((policy.get("status") or {}).get("summary") or {})
+
+
 def vm_rows(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["name"]: row for row in (policy.get("status") or {}).get("vms") or []}
 
 
-__all__ = ["Cluster", "Fleet", "RunningOperator", "condition", "policy_manifest", "settled", "vm_rows"]
+__all__ = [
+    "Cluster",
+    "Fleet",
+    "RunningOperator",
+    "condition",
+    "policy_manifest",
+    "settled",
+    "summary",
+    "vm_rows",
+]

@@ -177,7 +177,26 @@ def oracle(
         unmet.add(Reason.POWERED_ON)
     if vm.has_snapshots:
         unmet.add(Reason.HAS_SNAPSHOTS)
-    if vm.missing_privileges:
+    # Only what this policy's change needs counts: VMware's list for encrypting (add) or
+    # decrypting (remove), plus power and the custom attribute when it shuts guests down.
+    needed = (
+        {
+            "Cryptographer.Encrypt",
+            "Cryptographer.Clone",
+            "Cryptographer.Migrate",
+            "Cryptographer.RegisterVM",
+            "Cryptographer.EncryptNew",
+        }
+        if wants
+        else {"Cryptographer.Decrypt"}
+    ) | {"VirtualMachine.Config.AddRemoveDevice"}
+    if policy.power.action is PowerAction.SHUTDOWN:
+        needed |= {
+            "VirtualMachine.Interact.PowerOff",
+            "VirtualMachine.Interact.PowerOn",
+            "Global.SetCustomField",
+        }
+    if vm.missing_privileges & needed:
         unmet.add(Reason.INSUFFICIENT_PRIVILEGES)
     if wants:
         if vm.firmware != "efi":

@@ -1,45 +1,116 @@
-"""Kopf handlers: they only translate between Kopf and the worker."""
+"""Kopf handlers: they only translate watch events into calls on the engine registry.
+
+No handler holds a thread: VCenters, policies and namespaces arrive as events and go to the
+registry, whose engines (one thread per vCenter) do the work. Before any event is handled, the
+startup handler lists every VCenter, policy and namespace once, so that engines judge conflicts
+against every policy that exists, whatever order the events come in.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 import kubernetes
+from kubernetes import client
 
-from vtpm_operator import metrics
-from vtpm_operator.events import Notice
-from vtpm_operator.kube.worker import GROUP, PLURAL, VERSION, PolicyWorker
+from vtpm_operator.engine.engine import EngineSettings
+from vtpm_operator.engine.registry import Registry
+from vtpm_operator.kube.publisher import GROUP, POLICIES, VCENTERS, VERSION, KubePublisher
+from vtpm_operator.kube.secrets import SecretReader
+
+log = logging.getLogger(__name__)
 
 PREFIX = "vtpm-operator.io"
+OLD_FINALIZER = f"{PREFIX}/finalizer"  # put on policies by the per-policy daemons of 0.1
+# Handlers only hand events over; nothing long-running ever holds one of these threads.
+EXECUTOR_THREADS = 4
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.execution.max_workers = EXECUTOR_THREADS
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration"
     )
-    settings.posting.level = logging.WARNING  # events come from the worker's summaries, not from log lines
+    settings.posting.enabled = False  # events come from the engines' summaries, not from log lines
     settings.watching.server_timeout = 300
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
-    if memo.get("metrics_port"):
-        metrics.serve(memo["metrics_port"], memo.get("metrics_address", "0.0.0.0"))
+    api = client.ApiClient()
+    publisher = KubePublisher(api)
+    publisher.start()
+    registry = Registry(
+        publisher,
+        SecretReader(client.CoreV1Api(api), memo["operator_namespace"]).connection,
+        settings=memo.get("engine_settings") or EngineSettings(),
+    )
+    _seed(registry, api, memo.get("namespaces") or [])
+    registry.start()
+    memo["registry"], memo["publisher"] = registry, publisher
 
 
-# On deletion or shutdown the worker is first asked to stop (it looks every second, and starts no
-# further VM); only after the backoff is the thread given up on. Without a backoff, Kopf cancels
-# at once and then waits the whole timeout before it lets the finalizer go.
-@kopf.daemon(GROUP, VERSION, PLURAL, id="keep-policy", cancellation_backoff=5.0, cancellation_timeout=55.0)
-def keep_policy(
-    stopped: kopf.DaemonStopped, name: str, namespace: str | None, body: kopf.Body, **_: Any
-) -> None:
-    def emit(notice: Notice) -> None:
-        kopf.event(body, type=notice.type, reason=notice.reason, message=notice.message[:1000])
+def _seed(registry: Registry, api: client.ApiClient, namespaces: list[str]) -> None:
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    for namespace in core.list_namespace().items:
+        meta: Any = namespace.metadata
+        registry.namespace(meta.name, meta.labels or {})
+    pages: list[Any] = (
+        [custom.list_namespaced_custom_object(GROUP, VERSION, ns, POLICIES) for ns in namespaces]
+        if namespaces
+        else [custom.list_cluster_custom_object(GROUP, VERSION, POLICIES)]
+    )
+    policies = [body for page in pages for body in page["items"]]
+    for body in policies:
+        registry.policy(body)
+    vcenters: Any = custom.list_cluster_custom_object(GROUP, VERSION, VCENTERS)
+    for body in vcenters["items"]:
+        registry.vcenter(body)
+    log.info("seeded with %d policies", len(policies))
 
-    PolicyWorker(namespace or "", name, body, emit).run(stopped)
+
+@kopf.on.cleanup()
+def stop(memo: kopf.Memo, **_: Any) -> None:
+    memo["registry"].stop()
+    memo["publisher"].stop()
+
+
+@kopf.on.event(GROUP, VERSION, VCENTERS)
+def vcenter_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    registry: Registry = memo["registry"]
+    if type == "DELETED" or body["metadata"].get("deletionTimestamp"):
+        registry.forget_vcenter(body["metadata"]["name"])
+    else:
+        registry.vcenter(plain(body))
+
+
+@kopf.on.event(GROUP, VERSION, POLICIES)
+def policy_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
+    registry: Registry = memo["registry"]
+    meta = body["metadata"]
+    if type == "DELETED" or meta.get("deletionTimestamp"):
+        registry.forget_policy(meta["namespace"], meta["name"])
+        if OLD_FINALIZER in (meta.get("finalizers") or []):  # nothing waits on deletion any more
+            patch.metadata["finalizers"] = [f for f in meta["finalizers"] if f != OLD_FINALIZER]
+        return
+    registry.policy(plain(body))
+
+
+@kopf.on.event("", "v1", "namespaces")
+def namespace_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    labels = None if type == "DELETED" else dict(body["metadata"].get("labels") or {})
+    memo["registry"].namespace(body["metadata"]["name"], labels)
+
+
+def plain(value: Any) -> Any:
+    """A Kopf body (live mapping views) as plain dicts and lists, safe to keep in another thread."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value

@@ -1,17 +1,16 @@
-"""The vSphere side of a sync: what `sync.VSphere` asks for, from bulk reads and the change runner."""
+"""A one-shot read of the VMs one policy selects (the `audit` command): bulk reads, no watch."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 
 from pyVmomi import vim
 
 from vtpm_operator.facts import Inventory, VMFacts
-from vtpm_operator.planning import Change
 from vtpm_operator.policy import DesiredVTPM, Policy
 from vtpm_operator.prerequisites import required_privileges
 from vtpm_operator.vsphere import inventory
-from vtpm_operator.vsphere.changes import PowerMarker, apply_changes
+from vtpm_operator.vsphere.changes import ChangeOps
 from vtpm_operator.vsphere.session import VCenterSession
 from vtpm_operator.vsphere.tags import resolve_tags, vms_by_tag
 
@@ -20,7 +19,7 @@ class VSphereClient:
     def __init__(self, session: VCenterSession) -> None:
         self.session = session
         self._guest_support: dict[tuple[str, str], bool | None] = {}
-        self._marker = PowerMarker(session)
+        self._ops = ChangeOps(session)
 
     def read_inventory(self, policy: Policy) -> Inventory:
         tag_ids = resolve_tags(self.session, policy.tags + policy.exclude_tags)
@@ -39,21 +38,6 @@ class VSphereClient:
             excluded=len(excluded) + len(templates),
         )
 
-    def read_vms(self, vm_ids: Sequence[str]) -> Mapping[str, VMFacts]:
-        """Devices and power only: enough to verify a change, without the prerequisite reads."""
-        return {
-            moid: inventory.vm_facts(moid, p) for moid, p in inventory.read_vms(self.session, vm_ids).items()
-        }
-
-    def apply(
-        self,
-        changes: Sequence[Change],
-        restores: Sequence[VMFacts],
-        policy: Policy,
-        should_continue: Callable[[], bool],
-    ) -> Mapping[str, str | None]:
-        return apply_changes(self.session, changes, restores, policy, should_continue, self._marker)
-
     def _facts(self, props: Mapping[str, inventory.Properties], policy: Policy) -> list[VMFacts]:
         if not props:
             return []
@@ -67,7 +51,7 @@ class VSphereClient:
             if isinstance(parent, vim.Folder) and on_folder:
                 required[(vim.Folder, parent._moId)] = on_folder
         missing = inventory.missing_privileges(self.session, required)
-        owed_key = self._marker.key()
+        owed_key = self._ops.marker_key()
         guest_of = {  # VM → (host, guest id): vCenter answers TPM support per compute resource
             moid: (p["runtime.host"]._moId, p.get("config.guestId") or "")
             for moid, p in props.items()

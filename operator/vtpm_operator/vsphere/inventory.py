@@ -9,6 +9,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from vtpm_operator.facts import HostFacts, KeyProvider, PowerState, VMFacts
+from vtpm_operator.prerequisites import ANY_CHANGE_ON_FOLDER, ANY_CHANGE_ON_VM
 from vtpm_operator.problems import PolicyProblem
 from vtpm_operator.vsphere.faults import describe
 from vtpm_operator.vsphere.session import VCenterSession
@@ -266,3 +267,45 @@ def _query_guests(session: VCenterSession, browser_id: str, guest_ids: list[str]
     except Exception as error:  # a fault, or a reply this pyVmomi cannot decode: fall back to the table
         log.info("vCenter gave no guest OS descriptors (%s); using the built-in table", describe(error))
         return {}
+
+
+def read_proof(session: VCenterSession, vm_ids: Sequence[str], marker_key: int | None) -> dict[str, VMFacts]:
+    """The full facts of VMs about to change (or just changed): devices, tasks and privileges read
+    fresh, in three bulk calls. The fleet view's cheap tpmPresent is never the proof."""
+    props = read_vms(session, vm_ids)
+    if not props:
+        return {}
+    busy = busy_vms(session, props)
+    missing = fleet_privileges(session, {moid: _folder_id(p.get("parent")) for moid, p in props.items()})
+    return {
+        moid: vm_facts(
+            moid,
+            p,
+            busy=moid in busy,
+            missing_privileges=missing.get(moid, frozenset()),
+            power_on_owed=has_marker(p, marker_key),
+        )
+        for moid, p in props.items()
+    }
+
+
+def fleet_privileges(
+    session: VCenterSession, folder_of: Mapping[str, str | None]
+) -> dict[str, frozenset[str]]:
+    """Per VM, which privileges any policy may need the operator's session lacks on the VM or on
+    its folder (one HasPrivilegeOnEntities for every VM and folder)."""
+    required: dict[tuple[type, str], frozenset[str]] = {
+        (vim.VirtualMachine, vm): ANY_CHANGE_ON_VM for vm in folder_of
+    }
+    for folder in set(folder_of.values()):
+        if folder:
+            required[(vim.Folder, folder)] = ANY_CHANGE_ON_FOLDER
+    missing = missing_privileges(session, required)
+    return {
+        vm: missing.get(vm, frozenset()) | (missing.get(folder, frozenset()) if folder else frozenset())
+        for vm, folder in folder_of.items()
+    }
+
+
+def _folder_id(parent: Any) -> str | None:
+    return parent._moId if isinstance(parent, vim.Folder) else None

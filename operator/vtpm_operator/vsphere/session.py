@@ -8,15 +8,18 @@ import os
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import requests
-from pyVim.connect import Disconnect, SmartConnect
+from pyVim.connect import Disconnect, SmartStubAdapter
 from pyVmomi import vim, vmodl
 
 from vtpm_operator import metrics
+from vtpm_operator.connection import split_server
+from vtpm_operator.facts import About
 from vtpm_operator.problems import PolicyProblem, ProblemReason
 
 log = logging.getLogger(__name__)
@@ -34,8 +37,7 @@ class Endpoint:
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.server.rpartition(":") if ":" in self.server else (self.server, "", "443")
-        return host, int(port)
+        return split_server(self.server)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,10 @@ class VCenterSession:
     connection failures into PolicyProblems with the documented reasons.
     """
 
-    def __init__(self, endpoint: Endpoint, credentials: Credentials) -> None:
+    def __init__(self, endpoint: Endpoint, credentials: Credentials, label: str = "") -> None:
+        self.label = label or endpoint.server  # the VCenter object's name, for metrics
+        self.logins = 0
+        self._probed: tuple[Any, Any, About] | None = None
         self.endpoint = endpoint
         self.credentials = credentials
         self._lock = threading.Lock()
@@ -70,10 +75,11 @@ class VCenterSession:
         """
         for attempt in (1, 2):
             content = self._content()
+            started = time.monotonic()
             try:
                 result = call(content)
             except vim.fault.NotAuthenticated:
-                metrics.count_vcenter_request(operation, "session_expired")
+                self._count(operation, "session_expired", started)
                 self._drop_soap()
                 if attempt == 2:
                     raise PolicyProblem(
@@ -81,7 +87,7 @@ class VCenterSession:
                     ) from None
                 continue
             except (OSError, http.client.HTTPException) as error:
-                metrics.count_vcenter_request(operation, "unreachable")
+                self._count(operation, "unreachable", started)
                 self._drop_soap()
                 if idempotent and attempt == 1:
                     continue
@@ -90,9 +96,9 @@ class VCenterSession:
                     f"lost the connection to {self.endpoint.server}: {error}",
                 ) from error
             except vmodl.MethodFault:
-                metrics.count_vcenter_request(operation, "fault")
+                self._count(operation, "fault", started)
                 raise
-            metrics.count_vcenter_request(operation, "success")
+            self._count(operation, "success", started)
             return result
         raise AssertionError("unreachable")
 
@@ -102,50 +108,79 @@ class VCenterSession:
                 self._si, self._service_content = self._login()
             return self._service_content
 
-    def _login(self) -> tuple[Any, Any]:
+    def probe(self) -> About:
+        """vCenter's identity from the anonymous RetrieveServiceContent, over verified TLS: no credentials
+        leave before the server has shown it is a vCenter."""
         host, port = self.endpoint.host_port
-        context = self._ssl_context()
+        started = time.monotonic()
         try:
-            si = SmartConnect(
+            stub = SmartStubAdapter(
                 host=host,
                 port=port,
-                user=self.credentials.username,
-                pwd=self.credentials.password,
-                sslContext=context,
+                sslContext=self._ssl_context(),
                 httpConnectionTimeout=SOAP_TIMEOUT_SECONDS,
             )
+            content = vim.ServiceInstance("ServiceInstance", stub).RetrieveContent()
+        except ssl.SSLCertVerificationError as error:
+            self._count("RetrieveServiceContent", "tls_error", started)
+            raise PolicyProblem(
+                ProblemReason.CERTIFICATE_NOT_TRUSTED,
+                f"the certificate of {self.endpoint.server} is not trusted ({error.verify_message}); "
+                "set caSecretRef to the CA that signs it",
+            ) from None
+        except (OSError, http.client.HTTPException) as error:
+            self._count("RetrieveServiceContent", "unreachable", started)
+            raise PolicyProblem(
+                ProblemReason.VCENTER_UNREACHABLE, f"cannot reach {self.endpoint.server}: {error}"
+            ) from None
+        except Exception as error:  # pyVmomi's "is not a VIM server", or a reply that is no SOAP at all
+            self._count("RetrieveServiceContent", "fault", started)
+            raise PolicyProblem(
+                ProblemReason.NOT_VCENTER,
+                f"{self.endpoint.server} does not answer as vSphere ({type(error).__name__}); "
+                "no credentials were sent",
+            ) from None
+        self._count("RetrieveServiceContent", "success", started)
+        about = content.about
+        facts = About(
+            api_type=str(about.apiType or ""),
+            instance_uuid=str(about.instanceUuid or ""),
+            version=str(about.version or ""),
+            build=str(about.build or ""),
+        )
+        if facts.api_type != "VirtualCenter":
+            raise PolicyProblem(
+                ProblemReason.NOT_VCENTER,
+                f"{self.endpoint.server} is {facts.api_type or 'not vSphere'}, not vCenter: vTPM needs "
+                "vCenter's key providers; no credentials were sent",
+            )
+        self._probed = (stub, content, facts)
+        return facts
+
+    def _login(self) -> tuple[Any, Any]:
+        if self._probed is None:
+            self.probe()
+        assert self._probed is not None
+        stub, content, _ = self._probed
+        self._probed = None  # a session is bound to its stub: the next login probes again
+        started = time.monotonic()
+        try:
+            content.sessionManager.Login(self.credentials.username, self.credentials.password)
         except vim.fault.InvalidLogin:
-            metrics.count_vcenter_request("Login", "fault")
+            self._count("Login", "fault", started)
             raise PolicyProblem(
                 ProblemReason.AUTHENTICATION_FAILED,
                 f"vCenter {self.endpoint.server} refused the credentials of {self.credentials.username}",
             ) from None
-        except ssl.SSLCertVerificationError as error:
-            metrics.count_vcenter_request("Login", "tls_error")
-            raise PolicyProblem(
-                ProblemReason.CERTIFICATE_NOT_TRUSTED,
-                f"the certificate of {self.endpoint.server} is not trusted ({error.verify_message}); "
-                "set spec.vcenter.caSecret to the CA that signs it",
-            ) from None
         except (OSError, http.client.HTTPException) as error:
-            metrics.count_vcenter_request("Login", "unreachable")
+            self._count("Login", "unreachable", started)
             raise PolicyProblem(
                 ProblemReason.VCENTER_UNREACHABLE, f"cannot reach {self.endpoint.server}: {error}"
             ) from None
-        except Exception as error:  # pyVmomi's own "is down or is not a VIM server"
-            metrics.count_vcenter_request("Login", "unreachable")
-            raise PolicyProblem(ProblemReason.VCENTER_UNREACHABLE, str(error)) from None
-        metrics.count_vcenter_request("Login", "success")
-        content = si.RetrieveContent()
-        api_type = content.about.apiType
-        if api_type != "VirtualCenter":
-            Disconnect(si)
-            raise PolicyProblem(
-                ProblemReason.NOT_VCENTER,
-                f"{self.endpoint.server} is {api_type}, not vCenter: vTPM needs vCenter's key providers",
-            )
+        self._count("Login", "success", started)
+        self.logins += 1
         log.info("logged in to %s as %s", self.endpoint.server, self.credentials.username)
-        return si, content
+        return vim.ServiceInstance("ServiceInstance", stub), content
 
     def _drop_soap(self) -> None:
         with self._lock:
@@ -161,6 +196,7 @@ class VCenterSession:
         """The "value" of a vCenter REST (/rest) call, with a session token renewed on 401."""
         for attempt in (1, 2):
             token = self._rest_login()
+            started = time.monotonic()
             try:
                 response = self._rest.request(
                     method,
@@ -171,25 +207,27 @@ class VCenterSession:
                     timeout=REST_TIMEOUT_SECONDS,
                 )
             except requests.RequestException as error:
-                metrics.count_vcenter_request(operation, "unreachable")
+                self._count(operation, "unreachable", started)
                 raise PolicyProblem(
                     ProblemReason.VCENTER_UNREACHABLE, f"cannot reach {self.endpoint.server}: {error}"
                 ) from None
             if response.status_code == 401 and attempt == 1:
-                metrics.count_vcenter_request(operation, "session_expired")
+                self._count(operation, "session_expired", started)
                 self._rest_token = None
                 continue
             if not response.ok:
-                metrics.count_vcenter_request(operation, "fault")
+                self._count(operation, "fault", started)
                 raise RestError(response.status_code, path, response.text[:300])
-            metrics.count_vcenter_request(operation, "success")
+            self._count(operation, "success", started)
             return response.json().get("value") if response.content else None
         raise PolicyProblem(ProblemReason.AUTHENTICATION_FAILED, "vCenter rejected a fresh REST session")
 
     def _rest_login(self) -> str:
+        self._content()  # SOAP first: it proves the server is a vCenter before REST sends a password
         with self._lock:
             if self._rest_token is not None:
                 return self._rest_token
+            started = time.monotonic()
             try:
                 response = self._rest.post(
                     f"https://{self.endpoint.server}/rest/com/vmware/cis/session",
@@ -200,26 +238,29 @@ class VCenterSession:
             except requests.exceptions.SSLError:
                 raise PolicyProblem(
                     ProblemReason.CERTIFICATE_NOT_TRUSTED,
-                    f"the certificate of {self.endpoint.server} is not trusted; set spec.vcenter.caSecret",
+                    f"the certificate of {self.endpoint.server} is not trusted; set caSecretRef",
                 ) from None
             except requests.RequestException as error:
                 raise PolicyProblem(
                     ProblemReason.VCENTER_UNREACHABLE, f"cannot reach {self.endpoint.server}: {error}"
                 ) from None
             if response.status_code in (401, 403):
-                metrics.count_vcenter_request("RestLogin", "fault")
+                self._count("RestLogin", "fault", started)
                 raise PolicyProblem(
                     ProblemReason.AUTHENTICATION_FAILED,
                     f"vCenter {self.endpoint.server} refused the credentials of {self.credentials.username}",
                 )
             if not response.ok:
-                metrics.count_vcenter_request("RestLogin", "fault")
+                self._count("RestLogin", "fault", started)
                 raise PolicyProblem(
                     ProblemReason.VCENTER_ERROR, f"REST login answered HTTP {response.status_code}"
                 )
-            metrics.count_vcenter_request("RestLogin", "success")
+            self._count("RestLogin", "success", started)
             self._rest_token = str(response.json()["value"])
             return self._rest_token
+
+    def _count(self, operation: str, outcome: str, started: float) -> None:
+        metrics.observe_vcenter_call(self.label, operation, outcome, time.monotonic() - started)
 
     # --- TLS --------------------------------------------------------------------------------
     def _ssl_context(self) -> ssl.SSLContext:
@@ -232,7 +273,7 @@ class VCenterSession:
         except ssl.SSLError as error:
             raise PolicyProblem(
                 ProblemReason.CERTIFICATE_NOT_TRUSTED,
-                f"the CA in spec.vcenter.caSecret is not a PEM certificate: {error}",
+                f"the CA in caSecretRef is not a PEM certificate: {error}",
             ) from None
 
     def _requests_verify(self) -> bool | str:

@@ -19,6 +19,19 @@ def resolve_tags(session: VCenterSession, refs: Iterable[TagRef]) -> dict[TagRef
     the policy's author meant to protect.
     """
     wanted = set(refs)
+    found = lookup_tags(session, wanted)
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise PolicyProblem(ProblemReason.TAG_NOT_FOUND, tags_missing_message(missing))
+    return found
+
+
+def tags_missing_message(missing: Iterable[TagRef]) -> str:
+    return f"vCenter has no tag {', '.join(str(ref) for ref in missing)} (category/name)"
+
+
+def lookup_tags(session: VCenterSession, wanted: set[TagRef]) -> dict[TagRef, str]:
+    """Ids of the tags of `wanted` that exist: one call per category, plus one per tag in theirs."""
     categories: dict[str, str] = {}
     for category_id in session.rest("ListCategories", "GET", f"{_TAGGING}/category") or []:
         info = session.rest("GetCategory", "GET", f"{_TAGGING}/category/id:{quote(category_id)}")
@@ -36,10 +49,6 @@ def resolve_tags(session: VCenterSession, refs: Iterable[TagRef]) -> dict[TagRef
             ref = TagRef(category_name, info["name"])
             if ref in wanted:
                 found[ref] = tag_id
-    missing = sorted(wanted - found.keys())
-    if missing:
-        names = ", ".join(str(ref) for ref in missing)
-        raise PolicyProblem(ProblemReason.TAG_NOT_FOUND, f"vCenter has no tag {names} (category/name)")
     return found
 
 
@@ -60,3 +69,36 @@ def vms_by_tag(session: VCenterSession, tag_ids: Iterable[str]) -> Mapping[str, 
             obj["id"] for obj in entry.get("object_ids") or [] if obj.get("type") == "VirtualMachine"
         )
     return attached
+
+
+class TagMap:
+    """Which VMs carry which of the watched tags, for every policy of one vCenter.
+
+    Tags have no property feed, so the associations are refreshed by one list-attached-objects
+    call for all watched tags at once. Category and tag ids are cached and looked up again only
+    when a name is missing from the cache, or after a full re-read (a tag may have been renamed).
+    """
+
+    def __init__(self, session: VCenterSession) -> None:
+        self.session = session
+        self._ids: dict[TagRef, str] = {}
+        self.attached: dict[str, frozenset[str]] = {}  # tag id → VM ids
+
+    def forget_names(self) -> None:
+        self._ids.clear()
+
+    def ids(self, refs: Iterable[TagRef]) -> tuple[dict[TagRef, str], list[TagRef]]:
+        """(found, missing): ids for these names, looking vCenter up once for whatever the cache lacks."""
+        wanted = set(refs)
+        unknown = wanted - self._ids.keys()
+        if unknown:
+            self._ids.update(lookup_tags(self.session, unknown))
+        found = {ref: self._ids[ref] for ref in wanted if ref in self._ids}
+        return found, sorted(wanted - found.keys())
+
+    def refresh(self, tag_ids: Iterable[str]) -> None:
+        """Read the associations of these tags again: one call."""
+        self.attached = dict(vms_by_tag(self.session, tag_ids))
+
+    def vms_with(self, tag_id: str) -> frozenset[str]:
+        return self.attached.get(tag_id, frozenset())

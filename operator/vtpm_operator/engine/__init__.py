@@ -1,0 +1,1 @@
+"""The per-vCenter runtime: engines, their registry, the change queue (no Kopf)."""

@@ -1,0 +1,220 @@
+"""Every engine of this operator, and the policies routed to them. No Kopf: the Kubernetes side
+calls in with plain mappings as the API server lists and watches the objects.
+
+The registry is seeded with everything the API server lists before any engine acts, so that a
+policy's conflicts are judged against every policy that exists, never against whichever was
+seen first after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from vtpm_operator.api import parse_policy, parse_vcenter
+from vtpm_operator.connection import VCenterConfig
+from vtpm_operator.engine.engine import Engine, EngineSettings, Hooks, PolicyEntry, Publisher
+from vtpm_operator.problems import PolicyProblem, ProblemReason
+from vtpm_operator.status import build_status, vcenter_status
+from vtpm_operator.vsphere.session import Credentials, Endpoint
+
+log = logging.getLogger(__name__)
+
+RETRY_ANNOTATION = "vtpm-operator.io/retry"
+
+
+@dataclass
+class _Running:
+    engine: Engine
+    thread: threading.Thread
+    created: str  # creationTimestamp: of two VCenters that reach one vCenter, the older one acts
+
+
+@dataclass
+class Registry:
+    publisher: Publisher
+    connection: Callable[[VCenterConfig], tuple[Endpoint, Credentials]]
+    may_act: Callable[[str], bool] = lambda name: True
+    settings: EngineSettings = field(default_factory=EngineSettings)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engines: dict[str, _Running] = {}
+        self._routes: dict[str, str] = {}  # policy key → VCenter name it was routed to
+        self._bodies: dict[str, Mapping[str, Any]] = {}  # policy key → as last seen
+        self._namespaces: dict[str, Mapping[str, str]] = {}
+        self._identities: dict[str, str] = {}  # VCenter name → instanceUuid
+        self._started = False  # engines start once the registry has been seeded with everything
+
+    # --- VCenters -------------------------------------------------------------------------------
+    def vcenter(self, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        name, generation = meta["name"], int(meta.get("generation") or 0)
+        try:
+            config = parse_vcenter(body.get("spec") or {})
+        except PolicyProblem as problem:
+            self.forget_vcenter(name)
+            self._vcenter_problem(name, body, problem, generation)
+            return
+        with self._lock:
+            running = self._engines.get(name)
+            if running is None:
+                engine = Engine(name, config, generation, self._hooks(), self.settings)
+                engine.document = dict(body.get("status") or {})
+                thread = threading.Thread(target=engine.run, name=f"engine-{name}", daemon=True)
+                self._engines[name] = _Running(engine, thread, str(meta.get("creationTimestamp") or ""))
+                waiting = [
+                    b for k, b in self._bodies.items() if _vcenter_ref(b) == name and k not in self._routes
+                ]
+            else:
+                running.engine.reconfigure(config, generation)
+                waiting = []
+        for policy in waiting:
+            self.policy(policy)
+        if running is None and self._started:
+            thread.start()
+
+    def start(self) -> None:
+        """Seeded: let the engines act."""
+        with self._lock:
+            self._started = True
+            threads = [r.thread for r in self._engines.values()]
+        for thread in threads:
+            thread.start()
+
+    def forget_vcenter(self, name: str) -> None:
+        with self._lock:
+            running = self._engines.pop(name, None)
+            self._identities.pop(name, None)
+            orphans = [self._bodies[key] for key, routed in self._routes.items() if routed == name]
+        if running is not None:
+            running.engine.stop()
+        for body in orphans:
+            self.policy(body)  # now VCenterNotFound
+
+    def _vcenter_problem(
+        self, name: str, body: Mapping[str, Any], problem: PolicyProblem, generation: int
+    ) -> None:
+        document = vcenter_status(
+            body.get("status") or {},
+            problem,
+            None,
+            key_providers=(),
+            policies=0,
+            vms=0,
+            generation=generation,
+            now=datetime.now(UTC),
+        )
+        self.publisher.vcenter_status(name, document)
+
+    def _hooks(self) -> Hooks:
+        return Hooks(
+            connection=self.connection,
+            namespace_labels=self._namespaces.get,
+            identity=self._identity,
+            may_act=self.may_act,
+            publisher=self.publisher,
+        )
+
+    def _identity(self, name: str, instance_uuid: str) -> str | None:
+        """The VCenter created before `name` that reaches the same vCenter, if any."""
+        with self._lock:
+            self._identities[name] = instance_uuid
+            mine = self._engines.get(name)
+            created = mine.created if mine else ""
+            earlier = sorted(
+                (running.created, other)
+                for other, running in self._engines.items()
+                if other != name and self._identities.get(other) == instance_uuid
+            )
+        if earlier and (earlier[0][0], earlier[0][1]) < (created, name):
+            return earlier[0][1]
+        return None
+
+    # --- policies -------------------------------------------------------------------------------
+    def policy(self, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        try:
+            policy = parse_policy(body.get("spec") or {})
+        except PolicyProblem as problem:
+            with self._lock:
+                self._bodies[key] = body
+            self._route(key, None)
+            self._policy_problem(body, problem)
+            return
+        entry = PolicyEntry(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=str(meta.get("uid") or ""),
+            generation=int(meta.get("generation") or 0),
+            policy=policy,
+            status=dict(body.get("status") or {}),
+            retry=str((meta.get("annotations") or {}).get(RETRY_ANNOTATION, "")),
+        )
+        with self._lock:
+            self._bodies[key] = body
+            running = self._engines.get(policy.vcenter)
+        self._route(key, policy.vcenter if running else None)
+        if running is None:
+            self._policy_problem(
+                body,
+                PolicyProblem(
+                    ProblemReason.VCENTER_NOT_FOUND,
+                    f"VCenter {policy.vcenter} does not exist; an admin creates it (kubectl get vcenters)",
+                ),
+            )
+            return
+        running.engine.upsert_policy(entry)
+
+    def forget_policy(self, namespace: str, name: str) -> None:
+        key = f"{namespace}/{name}"
+        with self._lock:
+            self._bodies.pop(key, None)
+        self._route(key, None)
+
+    def _route(self, key: str, vcenter: str | None) -> None:
+        """Send the policy to one engine only: a policy that moved leaves its old engine."""
+        with self._lock:
+            earlier = self._routes.pop(key, None)
+            if vcenter is not None:
+                self._routes[key] = vcenter
+            old = self._engines.get(earlier) if earlier and earlier != vcenter else None
+        if old is not None:
+            old.engine.remove_policy(key)
+
+    def _policy_problem(self, body: Mapping[str, Any], problem: PolicyProblem) -> None:
+        meta = body["metadata"]
+        previous = body.get("status") or {}
+        status = build_status(
+            previous, problem, generation=int(meta.get("generation") or 0), now=datetime.now(UTC)
+        )
+        self.publisher.policy_status(meta["namespace"], meta["name"], {**previous, **status})
+
+    # --- namespaces -----------------------------------------------------------------------------
+    def namespace(self, name: str, labels: Mapping[str, str] | None) -> None:
+        with self._lock:
+            if labels is None:
+                self._namespaces.pop(name, None)
+            else:
+                self._namespaces[name] = dict(labels)
+            engines = [r.engine for r in self._engines.values()]
+        for engine in engines:
+            engine.namespaces_changed()
+
+    def stop(self) -> None:
+        with self._lock:
+            running = list(self._engines.values())
+            self._engines.clear()
+        for r in running:
+            r.engine.stop()
+        for r in running:
+            r.thread.join(timeout=30)
+
+
+def _vcenter_ref(body: Mapping[str, Any]) -> str:
+    return str(((body.get("spec") or {}).get("vcenterRef") or {}).get("name") or "")

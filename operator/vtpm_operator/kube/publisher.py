@@ -1,0 +1,143 @@
+"""Writes what the engines publish: status documents coalesced per object, and events.
+
+One thread for all objects. A status document is whole (running totals included), so the latest
+one per object is all that needs writing: at most one write per object per `interval`. A write
+the API server refuses stays pending and is tried again with backoff; it is never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from vtpm_operator import metrics
+from vtpm_operator.events import Notice
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION = "vtpm-operator.io", "v1alpha1"
+POLICIES, VCENTERS = "vtpmpolicies", "vcenters"
+MAX_EVENT_MESSAGE = 1000
+
+_Key = tuple[str, str]  # (namespace or "" for a VCenter, name)
+
+
+class KubePublisher:
+    def __init__(self, api: client.ApiClient, interval: float = 1.0) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.interval = interval
+        self._lock = threading.Condition()
+        self._pending: dict[_Key, Mapping[str, Any]] = {}
+        self._due: dict[_Key, float] = {}  # earliest next write per object
+        self._failures: dict[_Key, int] = {}
+        self._events: deque[tuple[str, str, str, Notice]] = deque()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, flush_seconds: float = 5.0) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        self._thread.join(timeout=flush_seconds)
+
+    # --- engine.Publisher --------------------------------------------------------------------
+    def policy_status(self, namespace: str, name: str, document: Mapping[str, Any]) -> None:
+        self._submit((namespace, name), document)
+
+    def vcenter_status(self, name: str, document: Mapping[str, Any]) -> None:
+        self._submit(("", name), document)
+
+    def policy_event(self, namespace: str, name: str, uid: str, notice: Notice) -> None:
+        with self._lock:
+            self._events.append((namespace, name, uid, notice))
+            self._lock.notify()
+
+    def _submit(self, key: _Key, document: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._pending[key] = document
+            self._lock.notify()
+
+    # --- the writer thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if self._stopping and not self._pending and not self._events:
+                    return
+                self._lock.wait(timeout=0.2)
+                now = time.monotonic()
+                due = {k: d for k, d in self._pending.items() if self._due.get(k, 0.0) <= now}
+                for key in due:
+                    del self._pending[key]
+                events = list(self._events)
+                self._events.clear()
+                if self._stopping:
+                    self._pending.clear()  # last chance was this round
+            for key, document in due.items():
+                self._write(key, document)
+            for event in events:
+                self._post(*event)
+
+    def _write(self, key: _Key, document: Mapping[str, Any]) -> None:
+        namespace, name = key
+        try:
+            if namespace:
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, POLICIES, name, {"status": document}
+                )
+            else:
+                self.custom.patch_cluster_custom_object_status(
+                    GROUP, VERSION, VCENTERS, name, {"status": document}
+                )
+        except ApiException as error:
+            if error.status == 404:  # deleted meanwhile: nothing to report on
+                return
+            self._retry_later(key, document, error.status, error.reason)
+            return
+        except Exception as error:  # the API server unreachable
+            self._retry_later(key, document, 0, str(error))
+            return
+        metrics.count_status_write("success")
+        self._failures.pop(key, None)
+        with self._lock:
+            self._due[key] = time.monotonic() + self.interval
+
+    def _retry_later(self, key: _Key, document: Mapping[str, Any], status: int, reason: Any) -> None:
+        metrics.count_status_write("error")
+        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        log.warning("status of %s not written (%s %s); retrying", "/".join(key), status, reason)
+        with self._lock:
+            self._pending.setdefault(key, document)  # a newer document may have come meanwhile
+            self._due[key] = time.monotonic() + min(30.0, self.interval * 2**failures)
+
+    def _post(self, namespace: str, name: str, uid: str, notice: Notice) -> None:
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(name=f"{name}.{uuid.uuid4().hex[:12]}", namespace=namespace),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind="VTPMPolicy", name=name, namespace=namespace, uid=uid
+            ),
+            reason=notice.reason,
+            message=notice.message[:MAX_EVENT_MESSAGE],
+            type=notice.type,
+            source=client.V1EventSource(component="vtpm-operator"),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            self.core.create_namespaced_event(namespace, event)
+        except Exception as error:  # an event is worth less than the status: never retried
+            log.warning("event %s for %s/%s not posted: %s", notice.reason, namespace, name, error)
