@@ -269,6 +269,12 @@ func (s *state) admin(r *http.Request, p []string) (int, interface{}) {
 	case route == "DELETE auth":
 		s.resetAuthCounters()
 		return http.StatusOK, nil
+	case route == "GET watch":
+		watchStats.Lock()
+		defer watchStats.Unlock()
+		return http.StatusOK, map[string]int{
+			"objectsRead": watchStats.ObjectsRead, "membershipScans": watchStats.MembershipScans,
+		}
 	case route == "POST latency":
 		var req struct {
 			SOAP float64 `json:"soap"`

@@ -32,6 +32,21 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 )
 
+// watchStats counts the watch's work (admin GET /_sim/watch), so a test can prove that a
+// change costs the changed object and not the filter.
+var watchStats struct {
+	sync.Mutex
+	ObjectsRead     int `json:"objectsRead"`     // objects whose properties WaitForUpdates* read
+	MembershipScans int `json:"membershipScans"` // filter traversals (fills and membership changes)
+}
+
+func countWatch(objects, scans int) {
+	watchStats.Lock()
+	watchStats.ObjectsRead += objects
+	watchStats.MembershipScans += scans
+	watchStats.Unlock()
+}
+
 var (
 	retrievePageSize = 100  // objects per RetrievePropertiesEx page when maxObjects is unset
 	updatePageSize   = 1000 // object updates per WaitForUpdatesEx when maxObjectUpdates is unset
@@ -392,6 +407,7 @@ func (pc *propertyCollector) drainFilter(ctx *simulator.Context, st *collectorSt
 	budget int) (types.PropertyFilterUpdate, *soap.Fault) {
 	fu := types.PropertyFilterUpdate{Filter: f.Self}
 	if st.takeRecompute(f) {
+		countWatch(0, 1)
 		refs, fault := pc.membersOf(ctx, f.Spec)
 		if fault != nil {
 			refs = nil // the filter's root is gone: everything leaves
@@ -430,6 +446,7 @@ func assignments(props []types.DynamicProperty) []types.PropertyChange {
 // enters reads every filter property of the objects entering.
 func (pc *propertyCollector) enters(ctx *simulator.Context, st *collectorState, f *propertyFilter,
 	refs []types.ManagedObjectReference) ([]types.ObjectUpdate, *soap.Fault) {
+	countWatch(len(refs), 0)
 	objs, fault := pc.collectObjects(ctx, refs, f.Spec.PropSet)
 	if fault != nil {
 		return nil, fault
@@ -471,6 +488,7 @@ func (pc *propertyCollector) modifications(ctx *simulator.Context, f *propertyFi
 	var out []types.ObjectUpdate
 	for _, key := range order {
 		refs := groups[key]
+		countWatch(len(refs), 0)
 		props := []types.PropertySpec{{Type: refs[0].Type, PathSet: paths[key]}}
 		objs, fault := pc.collectObjects(ctx, refs, props)
 		if fault != nil {
