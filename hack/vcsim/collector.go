@@ -357,6 +357,11 @@ func (pc *propertyCollector) waitForUpdates(ctx *simulator.Context, version stri
 		case <-st.wake:
 			sleepOrDone(wait, updateBatchDelay) // let a burst of changes arrive together
 		case <-wait.Done():
+			if st.isExpired() {
+				return nil, simulator.Fault("The session is not authenticated.", &types.NotAuthenticated{
+					NoPermission: types.NoPermission{Object: pc.Self, PrivilegeId: "System.View"},
+				})
+			}
 			if st.wasCancelled(&cancel) {
 				return nil, simulator.Fault("The request was canceled.", &types.RequestCanceled{})
 			}

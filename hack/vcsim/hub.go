@@ -40,6 +40,7 @@ type collectorState struct {
 
 	waits     map[*context.CancelFunc]struct{}
 	cancelled map[*context.CancelFunc]bool
+	expired   bool // its session is gone: waits in progress end with NotAuthenticated
 }
 
 func (st *collectorState) signal() {
@@ -481,17 +482,30 @@ func (h *changeHub) RemoveObject(ref types.ManagedObjectReference) {
 // expired, terminated), so the hub stops feeding them.
 func pruneCollectors(every time.Duration) {
 	for range time.Tick(every) {
-		live := map[string]bool{}
-		for _, s := range sessionList() {
-			live[s.Key] = true
-		}
-		changes.each(func(st *collectorState) {
-			if !live[st.session] {
-				changes.remove(st)
-				st.cancelWaits()
-			}
-		})
+		pruneNow()
 	}
+}
+
+func pruneNow() {
+	live := map[string]bool{}
+	for _, s := range sessionList() {
+		live[s.Key] = true
+	}
+	changes.each(func(st *collectorState) {
+		if !live[st.session] {
+			changes.remove(st)
+			st.mu.Lock()
+			st.expired = true
+			st.mu.Unlock()
+			st.cancelWaits()
+		}
+	})
+}
+
+func (st *collectorState) isExpired() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.expired
 }
 
 // waitContexts holds the HTTP request context of each WaitForUpdates call in progress, keyed

@@ -416,5 +416,6 @@ func expireSessions() int {
 	}
 	simulator.Map.SessionManager().TerminateSession(&simulator.Context{Session: &probe},
 		&types.TerminateSession{SessionId: keys})
+	pruneNow() // watches of those sessions end now, with NotAuthenticated
 	return len(keys)
 }

@@ -4,6 +4,7 @@ an incremental watch that costs the changed object, and summary.config.tpmPresen
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -265,3 +266,28 @@ def test_tpm_present_on_create_vm_with_a_tpm(si: Any) -> None:
     with_tpm, without = create("with-tpm", True), create("without-tpm", False)
     present = _tpm_present(si)
     assert (present[with_tpm._moId], present[without._moId]) == (True, False)
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_session_expiry_ends_a_wait_in_progress_with_not_authenticated(simulator: Simulator, si: Any) -> None:
+    collector = si.RetrieveContent().propertyCollector.CreatePropertyCollector()
+    _, spec = _view_spec(si, ["runtime.powerState"])
+    collector.CreateFilter(spec, partialUpdates=False)
+    version = _wait(collector, "").version
+    outcome: list[BaseException | None] = []
+
+    def wait_long() -> None:
+        try:
+            _wait(collector, version, max_wait=30)
+            outcome.append(None)
+        except BaseException as err:  # handed to the test thread
+            outcome.append(err)
+
+    waiter = threading.Thread(target=wait_long)
+    waiter.start()
+    waiter.join(0.5)
+    started = time.monotonic()
+    assert simulator.admin.expire_sessions() == 1
+    waiter.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], vim.fault.NotAuthenticated)
+    assert time.monotonic() - started < 2
