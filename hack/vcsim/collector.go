@@ -291,6 +291,9 @@ func (pc *propertyCollector) WaitForUpdatesEx(ctx *simulator.Context, r *types.W
 func (pc *propertyCollector) WaitForUpdates(ctx *simulator.Context, r *types.WaitForUpdates) soap.HasFault {
 	body := &methods.WaitForUpdatesBody{}
 	set, fault := pc.waitForUpdates(ctx, r.Version, types.WaitOptions{MaxObjectUpdates: -1})
+	if fault == nil && set == nil { // only when the client went away: nobody reads this
+		fault = simulator.Fault("The request was canceled.", &types.RequestCanceled{})
+	}
 	if fault != nil {
 		body.Fault_ = fault
 		return body
@@ -334,10 +337,13 @@ func (pc *propertyCollector) waitForUpdates(ctx *simulator.Context, version stri
 	if last, fault := st.checkVersion(version); fault != nil || last != nil {
 		return last, fault
 	}
-	wait, cancel := context.WithCancel(waitContext(ctx.Session.Key, pc.Self))
+	parent := waitContext(ctx.Session.Key, pc.Self) // ends when the client goes away
 	if opts.MaxWaitSeconds != nil && *opts.MaxWaitSeconds > 0 {
-		wait, cancel = context.WithTimeout(wait, time.Duration(*opts.MaxWaitSeconds)*time.Second)
+		var stop context.CancelFunc
+		parent, stop = context.WithTimeout(parent, time.Duration(*opts.MaxWaitSeconds)*time.Second)
+		defer stop()
 	}
+	wait, cancel := context.WithCancel(parent)
 	defer cancel()
 	st.addWait(&cancel)
 	defer st.dropWait(&cancel)
