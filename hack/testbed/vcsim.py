@@ -58,13 +58,23 @@ def _openssl(*args: str) -> None:
 
 
 def make_tls(workdir: Path) -> tuple[Path, Path, Path]:
-    """Create a CA and a 2048-bit server cert for 127.0.0.1/localhost; return (ca, cert, key)."""
+    """Create a CA and a 2048-bit server cert for 127.0.0.1/localhost; return (ca, cert, key).
+
+    The CA's key stays next to it (``ca.key``), so `issue_server_cert` can sign more certs.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     ca_key, ca = workdir / "ca.key", workdir / "ca.crt"
-    key, csr, cert = workdir / "server.key", workdir / "server.csr", workdir / "server.crt"
-    ext = workdir / "server.ext"
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
              "-days", "2", "-subj", "/CN=vtpm-operator test CA")  # fmt: skip
+    cert, key = issue_server_cert(ca, ca_key, workdir, "server")
+    return ca, cert, key
+
+
+def issue_server_cert(ca: Path, ca_key: Path, workdir: Path, name: str) -> tuple[Path, Path]:
+    """Sign a 2048-bit server cert for 127.0.0.1/localhost with the CA; return (cert, key)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    key, csr, cert = workdir / f"{name}.key", workdir / f"{name}.csr", workdir / f"{name}.crt"
+    ext = workdir / f"{name}.ext"
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
              "-subj", "/CN=localhost")  # fmt: skip
     ext.write_text(
@@ -75,7 +85,7 @@ def make_tls(workdir: Path) -> tuple[Path, Path, Path]:
     )
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
              "-out", str(cert), "-days", "2", "-sha256", "-extfile", str(ext))  # fmt: skip
-    return ca, cert, key
+    return cert, key
 
 
 def copy_tls(src: tuple[Path, Path, Path], workdir: Path) -> tuple[Path, Path, Path]:
@@ -83,6 +93,31 @@ def copy_tls(src: tuple[Path, Path, Path], workdir: Path) -> tuple[Path, Path, P
     workdir.mkdir(parents=True, exist_ok=True)
     out = tuple(Path(shutil.copy(p, workdir / p.name)) for p in src)
     return out[0], out[1], out[2]
+
+
+CancelMode = Literal["allow", "refuse", "ignore"]
+
+
+@dataclass(frozen=True)
+class AuthCounters:
+    """What the simulator saw of logins and credentials since start (or the last reset)."""
+
+    soap_login_attempts: int  # Login, LoginByToken, LoginExtensionByCertificate, CloneSession calls
+    soap_logins: int  # successful Login calls
+    rest_login_attempts: int  # POST /rest/com/vmware/cis/session or /api/session
+    rest_logins: int  # REST sessions created
+    active_soap_sessions: int  # live now (not expired, not logged out)
+    active_rest_sessions: int
+    password_seen: int  # requests that carried the configured password anywhere
+    password_seen_in: tuple[str, ...]  # "METHOD /path" of the first 20 of them
+
+
+@dataclass(frozen=True)
+class WatchStats:
+    """Work the simulator's WaitForUpdates* did since start, summed over every collector."""
+
+    objects_read: int  # objects whose properties were read for enter/modify updates
+    membership_scans: int  # filter traversals: first fills and membership changes
 
 
 class SimulatorAdmin:
@@ -211,6 +246,45 @@ class SimulatorAdmin:
         """Invalidate every SOAP session; returns how many there were."""
         return int(self._call("POST", "sessions/expire")["expired"])
 
+    def expire_rest_sessions(self) -> int:
+        """Invalidate every REST session token (the next call with one gets 401); returns how many."""
+        return int(self._call("POST", "sessions/expire-rest")["expired"])
+
+    def auth_counters(self) -> AuthCounters:
+        raw = self._call("GET", "auth")
+        return AuthCounters(
+            soap_login_attempts=int(raw["soapLoginAttempts"]),
+            soap_logins=int(raw["soapLogins"]),
+            rest_login_attempts=int(raw["restLoginAttempts"]),
+            rest_logins=int(raw["restLogins"]),
+            active_soap_sessions=int(raw["activeSoapSessions"]),
+            active_rest_sessions=int(raw["activeRestSessions"]),
+            password_seen=int(raw["passwordSeen"]),
+            password_seen_in=tuple(str(x) for x in raw["passwordSeenIn"]),
+        )
+
+    def watch_stats(self) -> WatchStats:
+        raw = self._call("GET", "watch")
+        return WatchStats(objects_read=int(raw["objectsRead"]), membership_scans=int(raw["membershipScans"]))
+
+    def reset_auth_counters(self) -> None:
+        """Zero the login and password counters (active session counts are live, not reset)."""
+        self._call("DELETE", "auth")
+
+    # latency and tasks that never end
+    def set_latency(self, *, soap_seconds: float = 0.0, rest_seconds: float = 0.0) -> None:
+        """Add this much time to every SOAP call / REST call from now on (0 turns it off)."""
+        self._call("POST", "latency", {"soap": soap_seconds, "rest": rest_seconds})
+
+    def hang_next_reconfigure(self, vm_moid: str, *, cancel: CancelMode = "allow") -> None:
+        """The VM's next ReconfigVM_Task returns a task that stays running and never applies the spec.
+
+        cancel: "allow" - CancelTask ends it (error RequestCanceled); "refuse" - info.cancelable
+        is false and CancelTask faults NotSupported; "ignore" - CancelTask is accepted
+        (info.cancelled true) but the task runs on. `finish_task` ends it as success.
+        """
+        self._call("POST", f"vms/{vm_moid}/hang-reconfigure", {"cancel": cancel})
+
 
 @dataclass(frozen=True)
 class Simulator:
@@ -221,6 +295,7 @@ class Simulator:
     password: str
     admin: SimulatorAdmin
     pid: int
+    esx: bool = False  # started as a standalone ESXi host (about.apiType HostAgent)
 
     @property
     def host(self) -> str:
@@ -272,11 +347,19 @@ def running_simulator(
     password: str | None = None,
     binary: Path | None = None,
     tls: tuple[Path, Path, Path] | None = None,
+    esx: bool = False,
+    page_size: int | None = None,
+    update_page_size: int | None = None,
+    start_timeout: float = START_TIMEOUT,
 ) -> Iterator[Simulator]:
     """Start a fresh simulator; stop it by PID at exit and wait for it to exit.
 
     `vms` is the number of VMs per resource pool (vcsim's -vm): with one cluster and no
-    standalone hosts, the inventory holds exactly `vms` VMs.
+    standalone hosts, the inventory holds exactly `vms` VMs. `esx` serves govmomi's ESX model
+    (one standalone host, `vms` VMs, no REST) instead of vCenter. `page_size` (default 100, as
+    vCenter) caps a RetrievePropertiesEx page when the client sets no maxObjects;
+    `update_page_size` (default 1000) caps a WaitForUpdatesEx answer when it sets no
+    maxObjectUpdates.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     binary = binary or build_simulator()
@@ -295,11 +378,17 @@ def running_simulator(
         "-username", username,
         "-password", password,
     ]  # fmt: skip
+    if esx:
+        args.append("-esx")
+    if page_size is not None:
+        args += ["-page-size", str(page_size)]
+    if update_page_size is not None:
+        args += ["-update-page-size", str(update_page_size)]
     log = (workdir / "vcsim.log").open("w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VCSIM_")}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=workdir)
     try:
-        line = _read_first_line(proc, START_TIMEOUT)
+        line = _read_first_line(proc, start_timeout)
         if not line:
             _stop(proc)
             log.flush()
@@ -315,6 +404,7 @@ def running_simulator(
             password=password,
             admin=SimulatorAdmin(info["admin"]),
             pid=proc.pid,
+            esx=esx,
         )
     finally:
         _stop(proc)
@@ -424,13 +514,17 @@ def wait_task(si: vim.ServiceInstance, task: Any, timeout: float = 30.0) -> Any:
 
 
 __all__ = [
+    "AuthCounters",
+    "CancelMode",
     "Simulator",
     "SimulatorAdmin",
     "SimulatorError",
+    "WatchStats",
     "build_simulator",
     "connect",
     "copy_tls",
     "disconnect",
+    "issue_server_cert",
     "make_tls",
     "rest_login",
     "retrieve_all",

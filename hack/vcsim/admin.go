@@ -232,6 +232,15 @@ func (s *state) admin(r *http.Request, p []string) (int, interface{}) {
 			}
 			setToolsRunning(vm, req.Running)
 			return http.StatusOK, nil
+		case "hang-reconfigure":
+			var req struct {
+				Cancel string `json:"cancel"`
+			}
+			if err := decode(&req); err != nil || !validCancelMode(req.Cancel) {
+				return bad("cancel must be allow, refuse or ignore")
+			}
+			s.setHangReconfigure(vm.Self, req.Cancel)
+			return http.StatusOK, nil
 		case "shutdown-delay":
 			var req struct {
 				Seconds float64 `json:"seconds"`
@@ -246,10 +255,37 @@ func (s *state) admin(r *http.Request, p []string) (int, interface{}) {
 		if err := finishTask(moref("Task", p[1])); err != nil {
 			return notFound("task " + p[1])
 		}
+		s.mu.Lock()
+		delete(s.hungTasks, moref("Task", p[1]))
+		s.mu.Unlock()
 		return http.StatusOK, nil
 
 	case route == "POST sessions" && len(p) == 2 && p[1] == "expire":
 		return http.StatusOK, map[string]int{"expired": expireSessions()}
+	case route == "POST sessions" && len(p) == 2 && p[1] == "expire-rest":
+		return http.StatusOK, map[string]int{"expired": s.auth.expireREST()}
+	case route == "GET auth":
+		return http.StatusOK, s.authReport()
+	case route == "DELETE auth":
+		s.resetAuthCounters()
+		return http.StatusOK, nil
+	case route == "GET watch":
+		watchStats.Lock()
+		defer watchStats.Unlock()
+		return http.StatusOK, map[string]int{
+			"objectsRead": watchStats.ObjectsRead, "membershipScans": watchStats.MembershipScans,
+		}
+	case route == "POST latency":
+		var req struct {
+			SOAP float64 `json:"soap"`
+			REST float64 `json:"rest"`
+		}
+		if err := decode(&req); err != nil || req.SOAP < 0 || req.REST < 0 {
+			return bad("soap and rest are seconds >= 0")
+		}
+		s.auth.setLatency("soap", req.SOAP)
+		s.auth.setLatency("rest", req.REST)
+		return http.StatusOK, nil
 	}
 	return notFound(r.Method + " " + r.URL.Path)
 }

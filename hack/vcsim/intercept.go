@@ -31,7 +31,17 @@ type interceptor struct {
 }
 
 func (h *interceptor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := ioutil.ReadAll(io.LimitReader(r.Body, 64<<20))
+	_ = r.Body.Close()
+	if err != nil {
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	h.st.auth.observe(r, body)
+	r.Body = ioutil.NopCloser(bytes.NewReader(body))
 	switch {
+	case h.st.esx && (strings.HasPrefix(r.URL.Path, "/rest/") || strings.HasPrefix(r.URL.Path, "/api/")):
+		http.NotFound(w, r) // an ESXi host serves no vAPI endpoint
 	case strings.HasPrefix(r.URL.Path, "/rest/"):
 		h.serveREST(w, r)
 	case r.Method == http.MethodPost && (r.URL.Path == "/sdk" || r.URL.Path == "/sdk/vimService"):
@@ -69,6 +79,10 @@ func (h *interceptor) serveSOAP(w http.ResponseWriter, r *http.Request) {
 		call.session = c.Value
 	}
 	h.st.count(call.name)
+	h.st.auth.noteSOAPCall(call.name)
+	if !sleepCtx(r, h.st.auth.latencyFor("soap")) {
+		return // the client gave up
+	}
 
 	if rule := h.st.takeRule(call.name, ""); rule != nil {
 		if h.applyRule(w, r, rule, &call.this) {
@@ -402,5 +416,6 @@ func expireSessions() int {
 	}
 	simulator.Map.SessionManager().TerminateSession(&simulator.Context{Session: &probe},
 		&types.TerminateSession{SessionId: keys})
+	pruneNow() // watches of those sessions end now, with NotAuthenticated
 	return len(keys)
 }

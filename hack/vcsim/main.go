@@ -23,8 +23,10 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/simulator/esx"
 	"github.com/vmware/govmomi/simulator/vpx"
 	"github.com/vmware/govmomi/vim25/types"
 
@@ -43,6 +45,11 @@ func main() {
 	keyFile := flag.String("tls-key", "", "PEM server key (required)")
 	username := flag.String("username", "", "user allowed to log in (required); Admin on the root folder")
 	password := flag.String("password", "", "password of -username (required)")
+	esxMode := flag.Bool("esx", false, "serve a standalone ESXi host (govmomi's ESX model, about.apiType HostAgent, no REST) instead of vCenter")
+	flag.IntVar(&retrievePageSize, "page-size", retrievePageSize,
+		"objects per RetrievePropertiesEx page when the client sets no maxObjects (vCenter: 100)")
+	flag.IntVar(&updatePageSize, "update-page-size", updatePageSize,
+		"object updates per WaitForUpdatesEx when the client sets no maxObjectUpdates")
 	flag.Parse()
 
 	if *certFile == "" || *keyFile == "" || *username == "" || *password == "" {
@@ -58,21 +65,14 @@ func main() {
 		log.Fatalf("tls: %v", err)
 	}
 
-	// ServiceContent.about is copied from this template when the model is created.
-	vpx.ServiceContent.About.ApiVersion = *apiVersion
-	vpx.ServiceContent.About.Version = "8.0.2"
-	vpx.ServiceContent.About.Build = "22385739"
-	vpx.ServiceContent.About.FullName = "VMware vCenter Server 8.0.2 build-22385739 (vcsim)"
-
-	model := simulator.VPX()
-	model.Cluster = *clusters
-	model.ClusterHost = *hosts
-	model.Machine = *vms
-	model.Host = *standalone
+	model := newModel(*esxMode, *apiVersion, *clusters, *hosts, *vms, *standalone)
+	started := time.Now()
 	if err := model.Create(); err != nil {
 		log.Fatalf("model: %v", err)
 	}
 	defer model.Remove()
+	installPropertyCollector()
+	go pruneCollectors(10 * time.Second)
 
 	tlsConf := &tls.Config{
 		Certificates: []tls.Certificate{cert},
@@ -91,6 +91,7 @@ func main() {
 	boot.Close()
 
 	st := newState(*username, *password)
+	st.esx = *esxMode
 	st.init()
 	ep := &endpoint{addr: addr, tls: tlsConf, handler: &interceptor{next: svc.ServeMux, st: st}}
 	if err := ep.start(); err != nil {
@@ -104,6 +105,7 @@ func main() {
 	}
 	go func() { _ = http.Serve(aln, adminMux(st)) }()
 
+	log.Printf("inventory of %d VMs ready in %s", len(simulator.Map.All("VirtualMachine")), time.Since(started))
 	line, _ := json.Marshal(map[string]string{
 		"url":   "https://" + addr + "/sdk",
 		"admin": "http://" + aln.Addr().String(),
@@ -115,6 +117,40 @@ func main() {
 	<-sig
 	ep.stop()
 	_ = aln.Close()
+}
+
+// newModel prepares govmomi's vCenter model, or its ESX model (a standalone host that
+// answers as HostAgent). ServiceContent.about is copied from the package template at Create.
+func newModel(esxMode bool, apiVersion string, clusters, hosts, vms, standalone int) *simulator.Model {
+	if esxMode {
+		esx.ServiceContent.About.ApiVersion = apiVersion
+		esx.ServiceContent.About.Version = defaultESXiVersion
+		esx.ServiceContent.About.Build = defaultESXiBuild
+		esx.ServiceContent.About.FullName = "VMware ESXi " + defaultESXiVersion + " build-" + defaultESXiBuild + " (vcsim)"
+		model := simulator.ESX()
+		model.Machine = vms
+		return model
+	}
+	vpx.ServiceContent.About.ApiVersion = apiVersion
+	vpx.ServiceContent.About.Version = "8.0.2"
+	vpx.ServiceContent.About.Build = "22385739"
+	vpx.ServiceContent.About.FullName = "VMware vCenter Server 8.0.2 build-22385739 (vcsim)"
+	model := simulator.VPX()
+	model.Cluster = clusters
+	model.ClusterHost = hosts
+	model.Machine = vms
+	model.Host = standalone
+	return model
+}
+
+// installPropertyCollector replaces the simulator's PropertyCollector with ours (collector.go):
+// sessions get their own instance of the type found here, and the change hub is registered
+// once for all of them.
+func installPropertyCollector() {
+	pc := &propertyCollector{}
+	pc.Self = serviceContent().PropertyCollector
+	simulator.Map.Put(pc)
+	simulator.Map.AddHandler(changes)
 }
 
 func isLoopback(addr string) bool {

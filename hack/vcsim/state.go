@@ -42,6 +42,8 @@ type provider struct {
 type state struct {
 	mu     sync.Mutex
 	ep     *endpoint
+	esx    bool // serving govmomi's ESX model (main.go -esx)
+	auth   *authState
 	counts map[string]int
 	rules  []*faultRule
 
@@ -53,16 +55,21 @@ type state struct {
 	crypto    *cryptoObject
 
 	shutdownDelays map[types.ManagedObjectReference]float64 // VM -> seconds its guest takes to shut down
+	hangNext       map[types.ManagedObjectReference]string  // VM -> cancel mode of its next, never-ending reconfigure
+	hungTasks      map[types.ManagedObjectReference]string  // never-ending task -> cancel mode
 }
 
 func newState(username, password string) *state {
 	return &state{
 		counts: map[string]int{},
+		auth:   newAuthState(password),
 		users:  map[string]string{username: password},
 		roles:  map[string]map[string]bool{},
 		perms:  map[types.ManagedObjectReference][]permission{},
 
 		shutdownDelays: map[types.ManagedObjectReference]float64{},
+		hangNext:       map[types.ManagedObjectReference]string{},
+		hungTasks:      map[types.ManagedObjectReference]string{},
 	}
 }
 
@@ -70,6 +77,7 @@ func (s *state) init() {
 	s.initAuthz()
 	s.initCrypto()
 	s.initHosts()
+	s.initTPMPresent()
 	for name := range s.users {
 		rootFolder := serviceContent().RootFolder
 		s.perms[rootFolder] = append(s.perms[rootFolder],
@@ -110,6 +118,9 @@ func (s *state) takeRule(method, path string) *faultRule {
 }
 
 func sleepCtx(r *http.Request, seconds float64) bool {
+	if seconds <= 0 {
+		return true
+	}
 	select {
 	case <-time.After(time.Duration(seconds * float64(time.Second))):
 		return true
@@ -138,9 +149,17 @@ func (s *state) handleSOAP(w http.ResponseWriter, r *http.Request, c *soapCall) 
 		return s.setField(c)
 	case "HasPrivilegeOnEntity", "HasPrivilegeOnEntities":
 		return s.hasPrivilege(w, c)
-	case "RetrieveProperties", "RetrievePropertiesEx", "ContinueRetrievePropertiesEx",
-		"WaitForUpdates", "WaitForUpdatesEx", "CheckForUpdates":
+	case "RetrieveProperties", "RetrievePropertiesEx", "ContinueRetrievePropertiesEx", "CheckForUpdates":
 		return s.propertyCollector(w, r, c)
+	case "WaitForUpdates", "WaitForUpdatesEx":
+		key := waitKey(c.session, c.this)
+		waitContexts.Store(key, r.Context())
+		defer waitContexts.Delete(key)
+		return s.propertyCollector(w, r, c)
+	case "CancelTask":
+		return s.cancelTask(w, c)
+	case "CreateVM_Task", "CloneVM_Task":
+		return s.createVM(w, r, c)
 	}
 	return false
 }
@@ -158,6 +177,7 @@ func (s *state) login(w http.ResponseWriter, c *soapCall) bool {
 		writeFault(w, &types.InvalidLogin{}, "Cannot complete login due to an incorrect user name or password.")
 		return true
 	}
+	s.auth.noteSOAPLogin()
 	return false // the simulator creates the session (it accepts any non-empty credentials)
 }
 

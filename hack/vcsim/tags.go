@@ -32,10 +32,17 @@ type restObject struct {
 }
 
 func (h *interceptor) serveREST(w http.ResponseWriter, r *http.Request) {
+	if !sleepCtx(r, h.st.auth.latencyFor("rest")) {
+		return
+	}
 	if rule := h.st.takeRule("", r.URL.Path); rule != nil {
 		if h.applyRule(w, r, rule, nil) {
 			return
 		}
+	}
+	if h.st.auth.restExpired(r) {
+		restError(w, http.StatusUnauthorized, "com.vmware.vapi.std.errors.unauthenticated", "Authentication required.")
+		return
 	}
 	action := r.URL.Query().Get("~action")
 	if r.Method == http.MethodPost && r.URL.Path == restSession && action == "" {
@@ -49,6 +56,10 @@ func (h *interceptor) serveREST(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
+	}
+	if r.URL.Path == restSession && action == "" && (r.Method == http.MethodPost || r.Method == http.MethodDelete) {
+		h.serveRESTSession(w, r)
+		return
 	}
 	if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, restAssociation) {
 		body, err := ioutil.ReadAll(r.Body)

@@ -70,6 +70,10 @@ func (s *state) reconfigVM(w http.ResponseWriter, r *http.Request, c *soapCall) 
 	if !ok {
 		return false
 	}
+	if mode, hang := s.takeHang(vm.Self); hang {
+		s.hungReconfigure(w, vm, mode)
+		return true
+	}
 	add, remove := false, false
 	addIndex := int32(0)
 	for i, dc := range rc.Spec.DeviceChange {
@@ -85,7 +89,8 @@ func (s *state) reconfigVM(w http.ResponseWriter, r *http.Request, c *soapCall) 
 		}
 	}
 	if !add && !remove {
-		return false
+		s.delegateReconfigure(w, r, c, vm, nil)
+		return true
 	}
 
 	if add {
@@ -122,12 +127,11 @@ func (s *state) reconfigVM(w http.ResponseWriter, r *http.Request, c *soapCall) 
 		return true
 	}
 
-	rec := s.ep.handler.(*interceptor).delegateRecorded(r, c.body)
-	if ref, err := taskRef(rec.Body.Bytes()); err == nil && taskSucceeded(ref) {
-		var key *types.CryptoKeyId
-		if add {
-			key = &types.CryptoKeyId{KeyId: uuid.New().String(), ProviderId: &types.KeyProviderId{Id: providerID}}
-		}
+	var key *types.CryptoKeyId
+	if add {
+		key = &types.CryptoKeyId{KeyId: uuid.New().String(), ProviderId: &types.KeyProviderId{Id: providerID}}
+	}
+	s.delegateReconfigure(w, r, c, vm, func() {
 		simulator.Map.WithLock(vm, func() {
 			var val types.AnyType
 			if key != nil {
@@ -136,9 +140,24 @@ func (s *state) reconfigVM(w http.ResponseWriter, r *http.Request, c *soapCall) 
 			vm.Config.KeyId = key
 			simulator.Map.Update(vm, []types.PropertyChange{{Name: "config.keyId", Val: val}})
 		})
+	})
+	return true
+}
+
+// delegateReconfigure lets the simulator reconfigure; once its task succeeded it runs
+// onSuccess, refreshes tpmPresent and tells watchers that config changed (the simulator
+// changes devices, firmware, ... in place without publishing them).
+func (s *state) delegateReconfigure(w http.ResponseWriter, r *http.Request, c *soapCall,
+	vm *simulator.VirtualMachine, onSuccess func()) {
+	rec := s.ep.handler.(*interceptor).delegateRecorded(r, c.body)
+	if ref, err := taskRef(rec.Body.Bytes()); err == nil && taskSucceeded(ref) {
+		if onSuccess != nil {
+			onSuccess()
+		}
+		refreshTPMPresent(vm)
+		notifyChanged(vm, "config", "summary.config")
 	}
 	forward(w, rec, rec.Body.Bytes())
-	return true
 }
 
 func taskSucceeded(ref types.ManagedObjectReference) bool {
