@@ -19,7 +19,7 @@ from pyVmomi import vim, vmodl
 from vtpm_operator.facts import KEY_NOT_READ, HostFacts, PowerState, VMFacts
 from vtpm_operator.vsphere.faults import describe
 from vtpm_operator.vsphere.inventory import parse_version
-from vtpm_operator.vsphere.session import VCenterSession
+from vtpm_operator.vsphere.session import SessionRenewed, VCenterSession
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ class LiveInventory:
         self._filling = False
         self._seen_in_fill: set[str] = set()
         self._logins = 0
+        self._wanted_tasks: set[str] = set()
 
     @property
     def whole(self) -> bool:
@@ -137,7 +138,7 @@ class LiveInventory:
 
     def restart(self) -> None:
         """A new collector and filter: the next poll refills everything (a full read)."""
-        tasks = set(self._task_filters)
+        tasks = self._wanted_tasks
         self.close()
         self._collector = self.session.soap("CreateInventoryFilter", self._create, idempotent=False)
         self._logins = self.session.logins
@@ -193,7 +194,7 @@ class LiveInventory:
             )
             try:
                 update = self._wait(options)
-            except vmodl.fault.ManagedObjectNotFound:  # the session was renewed inside the call
+            except (SessionRenewed, vmodl.fault.ManagedObjectNotFound):  # the collector died with its session
                 self.restart()
                 continue
             if update is not None:
@@ -210,7 +211,8 @@ class LiveInventory:
         return self.session.soap(
             "WaitForUpdatesEx",
             lambda content: collector.WaitForUpdatesEx(version, options),
-            idempotent=False,  # the collector lives in this session
+            idempotent=False,
+            session_bound=True,
         )
 
     def _finish_fill(self, delta: Delta) -> None:
@@ -265,11 +267,15 @@ class LiveInventory:
 
     # --- tasks of changes in flight ---------------------------------------------------------
     def watch_tasks(self, task_ids: set[str]) -> None:
-        """Watch exactly these tasks."""
+        """Watch exactly these tasks (again after a restart: filters die with their collector)."""
+        self._wanted_tasks = set(task_ids)
         for task_id in set(self._task_filters) - task_ids:
             self.forget_task(task_id)
-        for task_id in task_ids - set(self._task_filters):
-            self.watch_task(task_id)
+        try:
+            for task_id in task_ids - set(self._task_filters):
+                self.watch_task(task_id)
+        except SessionRenewed:
+            self._collector = None  # the next poll makes everything anew
 
     def watch_task(self, task_id: str) -> None:
         collector = self._collector

@@ -67,11 +67,20 @@ class VCenterSession:
         self._ca_file: str | None = None
 
     # --- SOAP -------------------------------------------------------------------------------
-    def soap(self, operation: str, call: Callable[[Any], T], *, idempotent: bool = True) -> T:
+    def soap(
+        self,
+        operation: str,
+        call: Callable[[Any], T],
+        *,
+        idempotent: bool = True,
+        session_bound: bool = False,
+    ) -> T:
         """Run call(service_content), logging in first if needed and once more if the session expired.
 
         A read that meets a dropped connection (a vCenter restart leaves dead pooled connections)
         is tried once more on a fresh one; a change is not, since vCenter may have received it.
+        A call on an object of the session itself (a property collector) cannot be tried again in
+        a new session: it raises SessionRenewed, for the caller to make its objects anew.
         """
         for attempt in (1, 2):
             content = self._content()
@@ -81,6 +90,8 @@ class VCenterSession:
             except vim.fault.NotAuthenticated:
                 self._count(operation, "session_expired", started)
                 self._drop_soap()
+                if session_bound:
+                    raise SessionRenewed(operation) from None
                 if attempt == 2:
                     raise PolicyProblem(
                         ProblemReason.AUTHENTICATION_FAILED, "vCenter rejected a fresh session"
@@ -310,6 +321,10 @@ class VCenterSession:
         if self._ca_file:
             os.unlink(self._ca_file)
             self._ca_file = None
+
+
+class SessionRenewed(Exception):
+    """The session expired under a call bound to it; the next call logs in anew."""
 
 
 class RestError(Exception):

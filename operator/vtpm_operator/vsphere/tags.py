@@ -82,17 +82,21 @@ class TagMap:
     def __init__(self, session: VCenterSession) -> None:
         self.session = session
         self._ids: dict[TagRef, str] = {}
+        self._missing: set[TagRef] = set()  # looked up and not found: again only after a full read
         self.attached: dict[str, frozenset[str]] = {}  # tag id → VM ids
 
     def forget_names(self) -> None:
         self._ids.clear()
+        self._missing.clear()
 
     def ids(self, refs: Iterable[TagRef]) -> tuple[dict[TagRef, str], list[TagRef]]:
         """(found, missing): ids for these names, looking vCenter up once for whatever the cache lacks."""
         wanted = set(refs)
-        unknown = wanted - self._ids.keys()
+        unknown = wanted - self._ids.keys() - self._missing
         if unknown:
-            self._ids.update(lookup_tags(self.session, unknown))
+            found = lookup_tags(self.session, unknown)
+            self._ids.update(found)
+            self._missing |= unknown - found.keys()
         found = {ref: self._ids[ref] for ref in wanted if ref in self._ids}
         return found, sorted(wanted - found.keys())
 
