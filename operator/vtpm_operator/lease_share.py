@@ -7,13 +7,14 @@ members and V units, each replica aims at ``fair_share(V, R) = ceil(V / R)`` uni
 - it renews every unit lease it holds, as long as the unit still exists;
 - it takes free units (no lease, released, or expired) until it holds its share, trying first
   those nobody holds, last the expired leases of live members (likely being renewed right now);
-- above its share, it hands units over, but only as many as the other live members have room
-  for beyond the units already free, and only those the engine lets go (``can_release``), so a
-  unit is never left with nobody able to take it and never released in the middle of a change.
+- above its share, it hands the excess over, except the units the engine must keep
+  (``can_release`` False: a change in flight).
 
-A unit lease held unexpired by anyone else is never taken. Since the holders' counts sum to at most
-V <= R * share, the members below their share always have room for every free and handed-over unit:
-this is what makes the plan converge without flapping.
+A unit lease held unexpired by anyone else is never taken. A handed-over unit always has a live
+member with room to take it: with k units kept by me, f free and o held by others outside the
+members, the other R - 1 members hold V - k - f - o units, so their room is at least
+(R - 1) * share - (V - k - f - o) >= (k - share) + f + o, since V <= R * share. Their room covers
+my excess and every free unit at once; this is what makes the plan converge without flapping.
 
 Replicas prefer units by rendezvous hashing (a stable per-member order), so two replicas taking
 free units in the same round mostly reach for different ones and seldom collide on a write.
@@ -24,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 
@@ -134,7 +134,7 @@ def plan_leases(
     mine = {unit for unit, lease in leases.items() if lease.holder == me}
     gone = frozenset(unit for unit in mine - units if can_release(unit))
     kept = mine & units
-    handed_over = _hand_over(me, kept, units, leases, live, share, now, can_release)
+    handed_over = _hand_over(me, kept, share, can_release)
     kept -= handed_over
     room = max(share - len(kept), 0)
     free = [unit for unit in units - mine if not _held(leases.get(unit), now)] if room else []
@@ -172,23 +172,14 @@ def _held(lease: LeaseSeen | None, now: float) -> bool:
     return lease is not None and lease.held_at(now)
 
 
-def _hand_over(
-    me: str,
-    kept: Set[str],
-    units: Set[str],
-    leases: Mapping[str, LeaseSeen],
-    live: Set[str],
-    share: int,
-    now: float,
-    can_release: Callable[[str], bool],
-) -> frozenset[str]:
-    """The units above ``me``'s share that the other live members have room to take."""
+def _hand_over(me: str, kept: Set[str], share: int, can_release: Callable[[str], bool]) -> frozenset[str]:
+    """The units above ``me``'s share, least preferred first, that the engine lets go.
+
+    The other live members always have room for them (see the module's docstring), so this needs
+    no count of what the others hold.
+    """
     excess = len(kept) - share
     if excess <= 0:
         return frozenset()
-    counts = Counter(lease.holder for unit, lease in leases.items() if unit in units and lease.held_at(now))
-    room_elsewhere = sum(max(share - counts[member], 0) for member in live if member != me)
-    free = sum(1 for unit in units if not _held(leases.get(unit), now) and unit not in kept)
-    count = min(excess, max(room_elsewhere - free, 0))
     least_preferred = list(reversed(by_preference(me, kept)))
-    return frozenset([unit for unit in least_preferred if can_release(unit)][:count])
+    return frozenset([unit for unit in least_preferred if can_release(unit)][:excess])

@@ -6,7 +6,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vtpm_operator.lease_share import (
@@ -124,6 +124,17 @@ def test_a_replica_over_its_share_hands_over_only_what_other_members_can_take(si
     assert len(plan.renew) >= plan.share
 
 
+def test_a_replica_over_its_share_hands_over_the_excess_but_keeps_pinned_units() -> None:
+    leases = {unit: fresh("a") for unit in UNITS[:4]}
+    members = frozenset({"a", "b"})
+    plan = plan_leases("a", frozenset(leases), leases, members, NOW, always)
+    assert (len(plan.release), len(plan.renew), plan.room) == (2, 2, 0)
+    pinned = set(UNITS[:3])
+    plan = plan_leases("a", frozenset(leases), leases, members, NOW, lambda unit: unit not in pinned)
+    assert plan.release == {UNITS[3]}
+    assert plan.renew == pinned
+
+
 def test_units_that_no_longer_exist_are_released_unless_pinned() -> None:
     leases = {"vc-0": fresh("a"), "vc-1": fresh("a")}
     plan = plan_leases("a", frozenset({"vc-0"}), leases, frozenset({"a"}), NOW, always)
@@ -229,6 +240,15 @@ def clusters(draw: st.DrawFn) -> Case:
 
 @settings(max_examples=300, deadline=None)
 @given(clusters())
+# Two members reaching for the one unit a third is renewing must still find the unit nobody holds.
+@example(
+    (
+        Cluster({"vc-2": (1, expired("ghost")), "vc-0": (1, expired("c"))}),
+        frozenset({"vc-0", "vc-2"}),
+        ["a", "b", "c"],
+        [[2, 1, 0]],
+    )
+)
 def test_replicas_converge_to_every_unit_held_within_the_share_and_then_stay_still(case: Case) -> None:
     cluster, units, members, orders = case
     ghost_held = {

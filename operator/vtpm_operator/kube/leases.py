@@ -28,7 +28,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +50,7 @@ KIND_LABEL = "vtpm-operator.io/lease"  # "vcenter" or "member": what the elector
 UNIT_ANNOTATION = "vtpm-operator.io/vcenter"  # the unit's own name (a label value is too short for it)
 MANAGED_BY = {"app.kubernetes.io/managed-by": "vtpm-operator"}
 RELEASED_DURATION = 1  # seconds; a released lease also looks expired to other readers
+EXPIRY_MARGIN = 0.05  # seconds past another's expiry before trying to take its lease
 STALE_AFTER = 60.0  # seconds nobody held a lease before it is deleted
 LOST_RACE = {404, 409}  # the lease changed or vanished since it was listed: skip it this round
 
@@ -144,6 +145,8 @@ class LeaseElector:
         self._writing = threading.Lock()  # one round or release_all at a time
         self._leases: dict[str, _Lease] = {}  # unit -> its lease as last listed or written
         self._reported: set[str] = set()  # units announced by on_acquired and not yet by on_lost
+        self._takeover_at = math.inf  # monotonic time the first lease held by another expires
+        self._failing = False  # the last round was abandoned
 
     # --- what the engine calls
 
@@ -163,13 +166,16 @@ class LeaseElector:
 
     def run(self, stop: threading.Event) -> None:
         """Renew and rebalance every ``retry_period`` until ``stop`` is set or ``release_all`` ran."""
-        next_round = time.monotonic()
+        due = time.monotonic()
         while not stop.is_set() and not self._closing:
-            if time.monotonic() >= next_round:
-                next_round = time.monotonic() + self.retry_period
+            if time.monotonic() >= due:
+                started = time.monotonic()
                 self._round()
+                # Also wake when another holder's lease runs out, rather than up to one retry
+                # period later: a dead replica's units move about lease_duration after its last renew.
+                due = min(started + self.retry_period, self._takeover_at)
             self._report()
-            stop.wait(max(0.0, min(next_round, self._next_expiry()) - time.monotonic()))
+            stop.wait(max(0.0, min(due, self._next_expiry()) - time.monotonic()))
         self._report()
 
     def release_all(self) -> None:
@@ -202,7 +208,18 @@ class LeaseElector:
             try:
                 self._round_locked()
             except _Unreachable as exc:
-                log.warning("lease round abandoned, %d unit(s) held: %s", len(self.held()), exc)
+                # Once per outage, not every retry period.
+                log.log(
+                    logging.DEBUG if self._failing else logging.WARNING,
+                    "lease round abandoned, %d unit(s) still held: %s",
+                    len(self.held()),
+                    exc,
+                )
+                self._failing = True
+                return
+            if self._failing:
+                log.info("lease rounds succeed again")
+                self._failing = False
 
     def _round_locked(self) -> None:
         listing = self._list()
@@ -223,6 +240,7 @@ class LeaseElector:
                 break
             taken += self._take(unit, listing.units.get(unit))
         self._delete_stale(listing, units, now)
+        self._takeover_at = _first_expiry(self.identity, leases, units, now)
 
     def _forget_taken(self, listing: _Listing) -> None:
         """Units this replica held whose lease now names someone else, or is gone: lost at once."""
@@ -422,6 +440,18 @@ class LeaseElector:
             _call(self._on_acquired, unit, "on_acquired")
 
 
+def _first_expiry(me: str, leases: Mapping[str, LeaseSeen], units: frozenset[str], now: float) -> float:
+    """The monotonic time, shortly after it, when the first unit lease another replica holds expires."""
+    expiries = [
+        lease.renewed_at + lease.duration
+        for unit, lease in leases.items()
+        if unit in units and lease.holder != me and lease.held_at(now) and lease.renewed_at is not None
+    ]
+    if not expiries:
+        return math.inf
+    return time.monotonic() + min(expiries) - now + EXPIRY_MARGIN
+
+
 def _call(callback: UnitCallback | None, unit: str, what: str) -> None:
     if callback is None:
         return
@@ -454,4 +484,7 @@ def _private_client(api: client.ApiClient) -> client.ApiClient:
     """
     configuration = copy.deepcopy(api.configuration)
     configuration.retries = False
-    return client.ApiClient(configuration=configuration)
+    private = client.ApiClient(configuration=configuration)
+    for header, value in api.default_headers.items():  # e.g. Impersonate-User, User-Agent
+        private.set_default_header(header, value)
+    return private
