@@ -21,9 +21,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from kubernetes import client, config
 
 from vtpm_operator.kube.leases import LeaseElector
@@ -85,6 +87,25 @@ def raw_lease(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any
     return lease
 
 
+def foreign_lease(name: str, unit: str, holder: str, renewed: datetime, duration: int) -> client.V1Lease:
+    """A unit lease as another writer (an admin, a rival replica) would put it."""
+    stamp = renewed.replace(microsecond=renewed.microsecond or 1)  # the client drops a zero fraction
+    return client.V1Lease(
+        metadata=client.V1ObjectMeta(
+            name=name,
+            labels={"vtpm-operator.io/lease": "vcenter"},
+            annotations={"vtpm-operator.io/vcenter": unit},
+        ),
+        spec=client.V1LeaseSpec(
+            holder_identity=holder,
+            lease_duration_seconds=duration,
+            acquire_time=stamp,
+            renew_time=stamp,
+            lease_transitions=7,
+        ),
+    )
+
+
 def exactly_one_holds_each(electors: Sequence[LeaseElector]) -> bool:
     return all(sum(e.holds(unit) for e in electors) == 1 for unit in UNITS)
 
@@ -127,23 +148,10 @@ def test_two_then_three_electors_hold_every_unit_once_within_their_share(
 def test_a_lease_held_by_someone_else_is_left_alone_until_it_expires(
     kube_api: client.ApiClient, namespace: str
 ) -> None:
-    now = datetime.now().astimezone()
-    intruder = client.V1Lease(
-        metadata=client.V1ObjectMeta(
-            name=unit_lease_name("vc-0"),
-            labels={"vtpm-operator.io/lease": "vcenter"},
-            annotations={"vtpm-operator.io/vcenter": "vc-0"},
-        ),
-        spec=client.V1LeaseSpec(
-            holder_identity="intruder",
-            lease_duration_seconds=4,
-            acquire_time=now.replace(microsecond=1),
-            renew_time=now.replace(microsecond=1),
-            lease_transitions=7,
-        ),
-    )
+    now = datetime.now().astimezone().replace(microsecond=1)
+    intruder = foreign_lease(unit_lease_name("vc-0"), "vc-0", "intruder", now, 4)
     client.CoordinationV1Api(kube_api).create_namespaced_lease(namespace, intruder)
-    expires = now.replace(microsecond=1).timestamp() + 4
+    expires = now.timestamp() + 4
     a = elector(kube_api, namespace, "a", **FAST)
     with running(a):
         wait_for("the 4 free units", lambda: a.held() == set(UNITS[1:]), 10)
@@ -158,7 +166,61 @@ def test_a_lease_held_by_someone_else_is_left_alone_until_it_expires(
         a.release_all()
 
 
-def test_release_all_of_a_stopped_process_lets_the_other_take_over_at_once(
+def test_a_write_planned_from_a_stale_listing_loses_and_a_stolen_lease_stops_holds(
+    kube_api: client.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the elector's list and its writes, a rival takes every lease (real writes on the real
+    server): the elector's replaces carry the listed resourceVersion, so they lose, and nothing of the
+    rival's is overwritten. Then a lease the elector holds is taken from it: holds() turns False at
+    its next round, long before the renew deadline."""
+    leases = client.CoordinationV1Api(kube_api)
+    long_ago = datetime.now().astimezone() - timedelta(seconds=100)
+    for unit in UNITS:
+        leases.create_namespaced_lease(
+            namespace, foreign_lease(unit_lease_name(unit), unit, "old", long_ago, 3)
+        )
+    a = elector(kube_api, namespace, "a", **FAST)
+    real_list = a._list
+    listings = 0
+
+    def list_then_rival_takes_all() -> Any:
+        nonlocal listings
+        listing = real_list()
+        listings += 1
+        if listings == 1:
+            for unit in UNITS:
+                current = leases.read_namespaced_lease(unit_lease_name(unit), namespace)
+                rival = foreign_lease(unit_lease_name(unit), unit, "rival", datetime.now().astimezone(), 15)
+                rival.metadata.resource_version = current.metadata.resource_version
+                leases.replace_namespaced_lease(unit_lease_name(unit), namespace, rival)
+        return listing
+
+    monkeypatch.setattr(a, "_list", list_then_rival_takes_all)
+    with running(a):
+        wait_for("a second round", lambda: listings >= 2, 5)
+        time.sleep(FAST["retry_period"])
+        assert a.held() == set()
+        assert set(lease_holders(kube_api, namespace).values()) == {"rival"}
+        for unit in UNITS:  # the rival's release lets a take over, so a can be stolen from below
+            current = leases.read_namespaced_lease(unit_lease_name(unit), namespace)
+            current.spec.holder_identity = None
+            leases.replace_namespaced_lease(unit_lease_name(unit), namespace, current)
+        wait_for("a holds all", lambda: a.held() == set(UNITS), 5)
+        current = leases.read_namespaced_lease(unit_lease_name("vc-0"), namespace)
+        current.spec.holder_identity = "admin"
+        current.spec.renew_time = current.spec.renew_time.replace(
+            microsecond=current.spec.renew_time.microsecond or 1
+        )
+        current.spec.acquire_time = current.spec.renew_time
+        leases.replace_namespaced_lease(unit_lease_name("vc-0"), namespace, current)
+        stolen = time.monotonic()
+        wait_for("vc-0 no longer held", lambda: not a.holds("vc-0"), 5)
+        assert time.monotonic() - stolen <= 2 * FAST["retry_period"] + 0.5
+        assert a.held() == set(UNITS[1:])
+    a.release_all()
+
+
+def release_all_of_a_stopped_process_lets_the_other_take_over_at_once(
     kube_api: client.ApiClient, control_plane: Any, namespace: str
 ) -> None:
     """Real timings: SIGTERM → release_all → the survivor takes the units at its next round (≤ 2 s)."""
@@ -170,8 +232,7 @@ def test_release_all_of_a_stopped_process_lets_the_other_take_over_at_once(
         b = elector(kube_api, namespace, "b")
         with running(b):
             wait_for("a handover to b", lambda: len(b.held()) == 2, 20)
-            ceded = set(lease_holders(kube_api, namespace).items())
-            assert Counter(holder for _, holder in ceded) == {"leaving": 3, "b": 2}
+            assert Counter(lease_holders(kube_api, namespace).values()) == {"leaving": 3, "b": 2}
             leaving.send_signal(signal.SIGTERM)
             sent = time.monotonic()
             assert leaving.wait(timeout=10) == 0
@@ -192,7 +253,7 @@ def test_release_all_of_a_stopped_process_lets_the_other_take_over_at_once(
     assert member_lease_name("leaving") not in {m.metadata.name for m in members}
 
 
-def test_a_sigkilled_replica_loses_its_units_to_the_others_within_17s(
+def a_sigkilled_replica_loses_its_units_to_the_others_within_17s(
     kube_api: client.ApiClient, control_plane: Any, namespace: str
 ) -> None:
     """Real timings; killed right after a renewal, the worst moment."""
@@ -276,7 +337,7 @@ class Partition:
         self.heal()
 
 
-def test_a_holder_cut_off_from_the_api_server_stops_within_the_renew_deadline(
+def a_holder_cut_off_from_the_api_server_stops_within_the_renew_deadline(
     kube_api: client.ApiClient, control_plane: Any, namespace: str
 ) -> None:
     """Real timings: the cut-off holder stops by itself within 10 s, the other takes over after expiry
@@ -312,6 +373,41 @@ def test_a_holder_cut_off_from_the_api_server_stops_within_the_renew_deadline(
     finally:
         partition.close()
         cut_off_api.close()
+
+
+REAL_TIMINGS = [
+    release_all_of_a_stopped_process_lets_the_other_take_over_at_once,
+    a_sigkilled_replica_loses_its_units_to_the_others_within_17s,
+    a_holder_cut_off_from_the_api_server_stops_within_the_renew_deadline,
+]
+
+
+def test_with_the_real_timings_graceful_stop_sigkill_and_partition_side_by_side(
+    kube_api: client.ApiClient, control_plane: Any, namespace: str
+) -> None:
+    """The three scenarios that assert the issue's numbers wait for real lease expiries (~15 s each):
+    run side by side, each in a namespace of its own, they cost the time of the longest."""
+    with contextlib.ExitStack() as stack:
+        namespaces = [namespace] + [
+            stack.enter_context(another_namespace(kube_api)) for _ in REAL_TIMINGS[1:]
+        ]
+        with ThreadPoolExecutor(len(REAL_TIMINGS)) as pool:
+            running_scenarios = [
+                pool.submit(scenario, kube_api, control_plane, ns)
+                for scenario, ns in zip(REAL_TIMINGS, namespaces, strict=True)
+            ]
+        for scenario in running_scenarios:
+            scenario.result()  # raises what the scenario raised
+
+
+@contextlib.contextmanager
+def another_namespace(api: client.ApiClient) -> Iterator[str]:
+    core = client.CoreV1Api(api)
+    name: str = core.create_namespace({"metadata": {"generateName": "t-leases-"}}).metadata.name
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
 
 
 def test_a_role_with_list_create_update_delete_on_leases_is_enough(
