@@ -333,8 +333,19 @@ class Partition:
         self.sockets.clear()
 
     def close(self) -> None:
+        """Close the port and every connection: from now on, connections are refused."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(); close() alone would not
         self.listener.close()
         self.heal()
+
+
+def through(api: client.ApiClient, partition: Partition) -> client.ApiClient:
+    """A client like ``api`` that reaches the API server through ``partition``."""
+    configuration = copy.deepcopy(api.configuration)
+    configuration.host = f"https://127.0.0.1:{partition.port}"
+    configuration.refresh_api_key_hook = None  # the kubeconfig loader's hook would set the host back
+    return client.ApiClient(configuration=configuration)
 
 
 def a_holder_cut_off_from_the_api_server_stops_within_the_renew_deadline(
@@ -343,10 +354,7 @@ def a_holder_cut_off_from_the_api_server_stops_within_the_renew_deadline(
     """Real timings: the cut-off holder stops by itself within 10 s, the other takes over after expiry
     (15 s), so the two never hold one unit at once; healed, it takes its share back."""
     partition = Partition(control_plane.server)
-    through = copy.deepcopy(kube_api.configuration)
-    through.host = f"https://127.0.0.1:{partition.port}"
-    through.refresh_api_key_hook = None  # the kubeconfig loader's hook would set the host back
-    cut_off_api = client.ApiClient(configuration=through)
+    cut_off_api = through(kube_api, partition)
     a = elector(cut_off_api, namespace, "a")
     b = elector(kube_api, namespace, "b")
     try:
@@ -373,6 +381,34 @@ def a_holder_cut_off_from_the_api_server_stops_within_the_renew_deadline(
     finally:
         partition.close()
         cut_off_api.close()
+
+
+def test_an_elector_refused_by_the_api_server_stops_holding_and_keeps_its_pace(
+    kube_api: client.ApiClient, control_plane: Any, namespace: str
+) -> None:
+    """The API server's port closed (connections refused at once, unlike the partition): holds() turns
+    False within the renew deadline, and the loop still wakes only per round or deadline."""
+    partition = Partition(control_plane.server)
+    a = elector(through(kube_api, partition), namespace, "a", **FAST)
+    wakes = 0
+    report = a._report
+
+    def counted_report() -> None:  # run() calls it once each time its loop wakes up
+        nonlocal wakes
+        wakes += 1
+        report()
+
+    a._report = counted_report  # type: ignore[method-assign]
+    with running(a):
+        wait_for("a holds all", lambda: a.held() == set(UNITS), 10)
+        partition.close()
+        closed = time.monotonic()
+        wakes = 0
+        stopped = wait_for("a holds nothing", lambda: not a.held(), FAST["renew_deadline"] + 1, 0.01)
+        assert stopped <= FAST["renew_deadline"] + 0.05  # + sampling
+        time.sleep(2 * FAST["renew_deadline"])
+        elapsed = time.monotonic() - closed
+        assert wakes <= 2 * elapsed / FAST["retry_period"] + 5, wakes
 
 
 REAL_TIMINGS = [

@@ -424,9 +424,14 @@ class LeaseElector:
         return not self._closing and sent is not None and now - sent < self.renew_deadline
 
     def _next_expiry(self) -> float:
-        """When the next held unit runs past its renew deadline, so on_lost is not late."""
+        """When the next held unit runs past its renew deadline, so on_lost is not late.
+
+        Deadlines already past do not count: they were reported, and would make the loop spin.
+        """
+        now = time.monotonic()
         with self._lock:
-            return min((sent + self.renew_deadline for sent in self._renewed.values()), default=math.inf)
+            deadlines = (sent + self.renew_deadline for sent in self._renewed.values())
+            return min((deadline for deadline in deadlines if deadline > now), default=math.inf)
 
     def _report(self) -> None:
         """Call on_acquired / on_lost for what changed since the last report."""
