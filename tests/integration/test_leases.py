@@ -145,6 +145,50 @@ def test_two_then_three_electors_hold_every_unit_once_within_their_share(
             e.release_all()
 
 
+def test_can_release_delays_a_handover_and_callbacks_tell_each_change(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    """A holder over its share keeps what can_release refuses; on_acquired / on_lost announce every
+    change of hands, and a unit dropped from set_units is released."""
+    events: list[tuple[str, str]] = []
+    pinned = set(UNITS)
+
+    def record(kind: str) -> Callable[[str], None]:
+        return lambda unit: events.append((kind, unit))
+
+    a = LeaseElector(
+        kube_api,
+        namespace,
+        "a",
+        **FAST,
+        on_acquired=record("acquired"),
+        on_lost=record("lost"),
+        can_release=lambda unit: unit not in pinned,
+    )
+    a.set_units(UNITS)
+    b = elector(kube_api, namespace, "b", **FAST)
+    with running(a):
+        wait_for("a holds all", lambda: a.held() == set(UNITS), 10)
+        assert sorted(events) == [("acquired", unit) for unit in UNITS]
+        events.clear()
+        with running(b):
+            time.sleep(4 * FAST["retry_period"])
+            assert (a.held(), b.held(), events) == (set(UNITS), set(), [])
+            pinned.clear()
+            wait_for("the handover once a may let go", lambda: shares([a, b]) == [2, 3], 5)
+            handed = set(UNITS) - a.held()
+            assert sorted(events) == [("lost", unit) for unit in sorted(handed)]
+            events.clear()
+            kept = sorted(a.held())
+            a.set_units(set(UNITS) - {kept[0]})
+            b.set_units(set(UNITS) - {kept[0]})
+            wait_for("the dropped unit released", lambda: not a.holds(kept[0]), 5)
+            assert events == [("lost", kept[0])]
+            assert lease_holders(kube_api, namespace)[kept[0]] is None
+    for e in (a, b):
+        e.release_all()
+
+
 def test_a_lease_held_by_someone_else_is_left_alone_until_it_expires(
     kube_api: client.ApiClient, namespace: str
 ) -> None:
@@ -389,7 +433,15 @@ def test_an_elector_refused_by_the_api_server_stops_holding_and_keeps_its_pace(
     """The API server's port closed (connections refused at once, unlike the partition): holds() turns
     False within the renew deadline, and the loop still wakes only per round or deadline."""
     partition = Partition(control_plane.server)
-    a = elector(through(kube_api, partition), namespace, "a", **FAST)
+    lost: list[tuple[float, str]] = []
+    a = LeaseElector(
+        through(kube_api, partition),
+        namespace,
+        "a",
+        **FAST,
+        on_lost=lambda unit: lost.append((time.monotonic(), unit)),
+    )
+    a.set_units(UNITS)
     wakes = 0
     report = a._report
 
@@ -406,6 +458,9 @@ def test_an_elector_refused_by_the_api_server_stops_holding_and_keeps_its_pace(
         wakes = 0
         stopped = wait_for("a holds nothing", lambda: not a.held(), FAST["renew_deadline"] + 1, 0.01)
         assert stopped <= FAST["renew_deadline"] + 0.05  # + sampling
+        wait_for("on_lost for each", lambda: len(lost) == len(UNITS), 1)
+        assert sorted(unit for _, unit in lost) == UNITS
+        assert max(at for at, _ in lost) - closed <= FAST["renew_deadline"] + 0.1  # at the deadline
         time.sleep(2 * FAST["renew_deadline"])
         elapsed = time.monotonic() - closed
         assert wakes <= 2 * elapsed / FAST["retry_period"] + 5, wakes
