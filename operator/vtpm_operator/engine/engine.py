@@ -130,6 +130,8 @@ class Engine:
         self.current_at: float | None = None  # the last moment the view was known current
         self.document: dict[str, Any] = {}
         self.stop_event = threading.Event()
+        self.draining_until: float | None = None
+        self.acting = False  # this replica held the lease at the last look
 
     # --- from the Kubernetes side (any thread) --------------------------------------------------
     def upsert_policy(self, entry: PolicyEntry) -> None:
@@ -147,11 +149,28 @@ class Engine:
     def stop(self) -> None:
         self.stop_event.set()
 
+    def drain(self, grace: float) -> None:
+        """A graceful stop: start nothing new, await only the tasks already submitted (up to
+        `grace` seconds), abandon guest shutdown waits (their markers stay, for the next holder)."""
+        self.draining_until = time.time() + grace
+
+    @property
+    def idle(self) -> bool:
+        """No change in flight (read from other threads: a length, never the items)."""
+        return not self.queue.flights
+
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
         failures = 0
         while not self.stop_event.is_set():
             self._drain()
+            if self.draining_until is not None:
+                if self._drained():
+                    break
+                continue
+            if not self._may_act():
+                self.stop_event.wait(1.0)
+                continue
             try:
                 if self.live is None:
                     self._connect()
@@ -175,6 +194,45 @@ class Engine:
                 self.inbox.get_nowait()()
             except queue.Empty:
                 return
+
+    def _may_act(self) -> bool:
+        """Only the holder of this VCenter's lease reads it, changes it and reports on it."""
+        acting = self.hooks.may_act(self.name)
+        if acting != self.acting:
+            log.info("vCenter %s: %s its lease", self.name, "holding" if acting else "not holding")
+            self.acting = acting
+            if not acting:
+                self._step_back()
+        return acting
+
+    def _step_back(self) -> None:
+        """Another replica is (or soon will be) the holder: no further step, no reads, no series.
+        Tasks already submitted run on in vCenter; the markers tell the next holder what is owed."""
+        self.queue.abandon(keep_submitted=False)
+        if self.live is not None:
+            self.live.close()
+        self.live = None
+        self.fleet_ready = False
+        self.views.clear()
+        self.written.clear()
+        self.last_reports.clear()
+        for entry in self.policies.values():
+            metrics.forget_policy(entry.namespace, entry.name)
+        metrics.forget_vcenter(self.name)
+
+    def _drained(self) -> bool:
+        """Draining: True once nothing submitted is still awaited, or the grace period is over."""
+        assert self.draining_until is not None
+        self.queue.abandon(keep_submitted=True)
+        if self.live is not None and self.queue.flights and time.time() < self.draining_until:
+            try:
+                self.live.poll(self.settings.max_wait)
+                self.queue.settle_submitted(self.live)
+            except Exception:  # vCenter gone: nothing more to await
+                log.warning("vCenter %s: stopped awaiting tasks", self.name, exc_info=True)
+                return True
+            return False
+        return True
 
     def _connect(self) -> None:
         endpoint, credentials = self.hooks.connection(self.config)
@@ -239,9 +297,8 @@ class Engine:
         self._finish(self.queue.advance(self.live))
         if self.fleet_ready:
             self._evaluate()
-            if self.hooks.may_act(self.name):
-                self._pay_debts()
-                self._admit()
+            self._pay_debts()
+            self._admit()
         self.live.watch_tasks(self.queue.watched_tasks())
         self._publish()
 

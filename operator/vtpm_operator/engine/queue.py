@@ -81,6 +81,20 @@ class ChangeQueue:
                     finished.append(done)
         return finished
 
+    def abandon(self, keep_submitted: bool) -> None:
+        """Stop stepping flights: with keep_submitted, those waiting on a task vCenter runs stay
+        (to be awaited, never stepped on); guest shutdown waits go at once, their markers kept."""
+        self.queued.clear()
+        for vm_id, flight in list(self.flights.items()):
+            if not (keep_submitted and isinstance(flight.wait, TaskDone)):
+                del self.flights[vm_id]
+
+    def settle_submitted(self, inventory: LiveInventory) -> None:
+        """While draining: drop each flight whose task has ended, without a next step."""
+        for vm_id, flight in list(self.flights.items()):
+            if _answer(flight.wait, inventory, 0.0) is not _NOT_YET:
+                del self.flights[vm_id]
+
     def watched_tasks(self) -> set[str]:
         return {f.wait.task_id for f in self.flights.values() if isinstance(f.wait, TaskDone)}
 

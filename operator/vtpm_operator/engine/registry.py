@@ -38,7 +38,8 @@ class _Running:
 class Registry:
     publisher: Publisher
     connection: Callable[[VCenterConfig], tuple[Endpoint, Credentials]]
-    may_act: Callable[[str], bool] = lambda name: True
+    may_act: Callable[[str], bool] = lambda name: True  # holds the VCenter's lease
+    on_names: Callable[[frozenset[str]], None] = lambda names: None  # the VCenters that exist
     settings: EngineSettings = field(default_factory=EngineSettings)
 
     def __post_init__(self) -> None:
@@ -75,8 +76,10 @@ class Registry:
                 waiting = []
         for policy in waiting:
             self.policy(policy)
-        if running is None and self._started:
-            thread.start()
+        if running is None:
+            self.on_names(self.names())
+            if self._started:
+                thread.start()
 
     def start(self) -> None:
         """Seeded: let the engines act."""
@@ -93,6 +96,7 @@ class Registry:
             orphans = [self._bodies[key] for key, routed in self._routes.items() if routed == name]
         if running is not None:
             running.engine.stop()
+            self.on_names(self.names())
         for body in orphans:
             self.policy(body)  # now VCenterNotFound
 
@@ -116,7 +120,7 @@ class Registry:
             connection=self.connection,
             namespace_labels=self._namespaces.get,
             identity=self._identity,
-            may_act=self.may_act,
+            may_act=lambda name: self.may_act(name),  # set once the lease elector exists
             publisher=self.publisher,
         )
 
@@ -206,14 +210,25 @@ class Registry:
         for engine in engines:
             engine.namespaces_changed()
 
-    def stop(self) -> None:
+    def names(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._engines)
+
+    def idle(self, name: str) -> bool:
+        """No change in flight on that vCenter here: its lease may be handed over."""
+        with self._lock:
+            running = self._engines.get(name)
+        return running is None or running.engine.idle
+
+    def stop(self, grace: float) -> None:
+        """Drain every engine (see Engine.drain), then let them go."""
         with self._lock:
             running = list(self._engines.values())
             self._engines.clear()
         for r in running:
-            r.engine.stop()
+            r.engine.drain(grace)
         for r in running:
-            r.thread.join(timeout=30)
+            r.thread.join(timeout=grace + 5)
 
 
 def _vcenter_ref(body: Mapping[str, Any]) -> str:

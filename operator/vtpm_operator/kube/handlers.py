@@ -9,6 +9,7 @@ against every policy that exists, whatever order the events come in.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from kubernetes import client
 
 from vtpm_operator.engine.engine import EngineSettings
 from vtpm_operator.engine.registry import Registry
+from vtpm_operator.kube.leases import LeaseElector, default_identity
 from vtpm_operator.kube.publisher import GROUP, POLICIES, VCENTERS, VERSION, KubePublisher
 from vtpm_operator.kube.secrets import SecretReader
 
@@ -27,6 +29,9 @@ PREFIX = "vtpm-operator.io"
 OLD_FINALIZER = f"{PREFIX}/finalizer"  # put on policies by the per-policy daemons of 0.1
 # Handlers only hand events over; nothing long-running ever holds one of these threads.
 EXECUTOR_THREADS = 4
+# On SIGTERM: how long submitted tasks are awaited. With the lease release and the status flush
+# after it this stays under the Deployment's terminationGracePeriodSeconds (30 s).
+DRAIN_SECONDS = 20.0
 
 
 @kopf.on.startup()
@@ -50,9 +55,22 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         SecretReader(client.CoreV1Api(api), memo["operator_namespace"]).connection,
         settings=memo.get("engine_settings") or EngineSettings(),
     )
+    elector = LeaseElector(
+        api,
+        memo["operator_namespace"],
+        memo.get("identity") or default_identity(),
+        can_release=registry.idle,
+        on_acquired=lambda name: log.info("holding the lease of VCenter %s", name),
+        on_lost=lambda name: log.info("no longer holding the lease of VCenter %s", name),
+    )
+    registry.may_act = elector.holds
+    registry.on_names = elector.set_units
     _seed(registry, api, memo.get("namespaces") or [])
+    elector.set_units(registry.names())
+    stopping = threading.Event()
+    threading.Thread(target=elector.run, args=(stopping,), name="leases", daemon=True).start()
     registry.start()
-    memo["registry"], memo["publisher"] = registry, publisher
+    memo.update(registry=registry, publisher=publisher, elector=elector, stopping=stopping)
 
 
 def _seed(registry: Registry, api: client.ApiClient, namespaces: list[str]) -> None:
@@ -76,7 +94,11 @@ def _seed(registry: Registry, api: client.ApiClient, namespaces: list[str]) -> N
 
 @kopf.on.cleanup()
 def stop(memo: kopf.Memo, **_: Any) -> None:
-    memo["registry"].stop()
+    """SIGTERM (a rollout): finish what vCenter runs already (up to DRAIN_SECONDS), start nothing,
+    then hand the leases back at once so that the next replica takes over without waiting."""
+    memo["registry"].stop(grace=DRAIN_SECONDS)
+    memo["stopping"].set()
+    memo["elector"].release_all()
     memo["publisher"].stop()
 
 
