@@ -263,9 +263,25 @@ def test_tpm_present_on_create_vm_with_a_tpm(si: Any) -> None:
         assert info.state == "success", info.error
         return info.result
 
+    collector = content.propertyCollector.CreatePropertyCollector()
+    _, spec = _view_spec(si, ["summary.config.tpmPresent"])
+    collector.CreateFilter(spec, partialUpdates=False)
+    version = _wait(collector, "").version
+
     with_tpm, without = create("with-tpm", True), create("without-tpm", False)
     present = _tpm_present(si)
     assert (present[with_tpm._moId], present[without._moId]) == (True, False)
+
+    kinds: dict[str, set[str]] = {}
+    latest: dict[str, Any] = {}
+    while (update := _wait(collector, version, max_wait=1)) is not None:  # new VMs enter the view
+        version = update.version
+        for ou in _updates(update):
+            kinds.setdefault(ou.obj._moId, set()).add(ou.kind)
+            for change in ou.changeSet or []:
+                latest[ou.obj._moId] = change.val
+    assert {moid: "enter" in k for moid, k in kinds.items()} == {with_tpm._moId: True, without._moId: True}
+    assert latest == {with_tpm._moId: True, without._moId: False}
 
 
 @pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
