@@ -78,6 +78,19 @@ def test_retrieve_pages_by_max_objects_with_continue_and_cancel(si: Any) -> None
         collector.ContinueRetrievePropertiesEx(cancelled.token)
 
 
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_retrieve_with_nothing_to_return_answers_no_result(si: Any) -> None:
+    collector = si.RetrieveContent().propertyCollector
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
+    spec = PC.FilterSpec(
+        objectSet=[PC.ObjectSpec(obj=view, skip=True, selectSet=[
+            PC.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)])],
+        propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=["name"])],
+    )  # fmt: skip
+    assert collector.RetrievePropertiesEx([spec], PC.RetrieveOptions()) is None  # hosts only: no VM
+
+
 @pytest.mark.parametrize("simulator", [{"vms": 150}], indirect=True)
 def test_retrieve_without_max_objects_pages_at_100_as_vcenter(si: Any) -> None:
     collector = si.RetrieveContent().propertyCollector
