@@ -350,6 +350,7 @@ def running_simulator(
     esx: bool = False,
     page_size: int | None = None,
     update_page_size: int | None = None,
+    instance_uuid: str | None = None,
     start_timeout: float = START_TIMEOUT,
 ) -> Iterator[Simulator]:
     """Start a fresh simulator; stop it by PID at exit and wait for it to exit.
@@ -359,7 +360,8 @@ def running_simulator(
     (one standalone host, `vms` VMs, no REST) instead of vCenter. `page_size` (default 100, as
     vCenter) caps a RetrievePropertiesEx page when the client sets no maxObjects;
     `update_page_size` (default 1000) caps a WaitForUpdatesEx answer when it sets no
-    maxObjectUpdates.
+    maxObjectUpdates. Every simulator has its own random `about.instanceUuid` unless
+    `instance_uuid` is given.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     binary = binary or build_simulator()
@@ -384,6 +386,8 @@ def running_simulator(
         args += ["-page-size", str(page_size)]
     if update_page_size is not None:
         args += ["-update-page-size", str(update_page_size)]
+    if instance_uuid is not None:
+        args += ["-instance-uuid", instance_uuid]
     log = (workdir / "vcsim.log").open("w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VCSIM_")}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=workdir)

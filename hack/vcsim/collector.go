@@ -158,6 +158,9 @@ func (pc *propertyCollector) RetrievePropertiesEx(ctx *simulator.Context, r *typ
 		body.Fault_ = fault
 		return body
 	}
+	if len(res.Objects) == 0 && res.Token == "" {
+		res = nil // vCenter answers no objects with no result at all
+	}
 	body.Res = &types.RetrievePropertiesExResponse{Returnval: res}
 	return body
 }

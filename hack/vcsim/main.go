@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/simulator/esx"
 	"github.com/vmware/govmomi/simulator/vpx"
@@ -45,6 +46,7 @@ func main() {
 	keyFile := flag.String("tls-key", "", "PEM server key (required)")
 	username := flag.String("username", "", "user allowed to log in (required); Admin on the root folder")
 	password := flag.String("password", "", "password of -username (required)")
+	instanceUUID := flag.String("instance-uuid", "", "about.instanceUuid of this vCenter (default: a fresh random UUID, as every vCenter has its own)")
 	esxMode := flag.Bool("esx", false, "serve a standalone ESXi host (govmomi's ESX model, about.apiType HostAgent, no REST) instead of vCenter")
 	flag.IntVar(&retrievePageSize, "page-size", retrievePageSize,
 		"objects per RetrievePropertiesEx page when the client sets no maxObjects (vCenter: 100)")
@@ -65,6 +67,10 @@ func main() {
 		log.Fatalf("tls: %v", err)
 	}
 
+	if *instanceUUID == "" {
+		*instanceUUID = uuid.New().String()
+	}
+	vpx.ServiceContent.About.InstanceUuid = *instanceUUID // govmomi's template gives every simulator the same one
 	model := newModel(*esxMode, *apiVersion, *clusters, *hosts, *vms, *standalone)
 	started := time.Now()
 	if err := model.Create(); err != nil {

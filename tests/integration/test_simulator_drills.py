@@ -14,7 +14,15 @@ import requests
 from pyVmomi import SoapStubAdapter, vim, vmodl
 
 from testbed.decoy import running_decoy
-from testbed.vcsim import Simulator, connect, disconnect, rest_login, retrieve_all, retrieve_one
+from testbed.vcsim import (
+    Simulator,
+    connect,
+    disconnect,
+    rest_login,
+    retrieve_all,
+    retrieve_one,
+    running_simulator,
+)
 
 
 @pytest.fixture
@@ -197,3 +205,16 @@ def test_added_latency_on_every_soap_call(simulator: Simulator, si: Any) -> None
     assert http.get(f"{simulator.rest_url}/com/vmware/cis/tagging/category", timeout=10).status_code == 200
     assert time.monotonic() - started >= 0.6
     assert one_call() < fast + 0.5  # setting REST latency turned the SOAP latency off
+
+
+def test_every_simulator_has_its_own_instance_uuid(
+    simulator: Simulator, tmp_path: Path, _vcsim_binary: Path, _vcsim_tls: tuple[Path, Path, Path]
+) -> None:
+    mine = _anonymous_about(simulator.host, simulator.port, simulator.ca_file).instanceUuid
+    chosen = "5e1f0c9a-0000-4000-8000-000000000042"
+    with running_simulator(tmp_path / "b", binary=_vcsim_binary, tls=_vcsim_tls, vms=1) as other:
+        assert _anonymous_about(other.host, other.port, other.ca_file).instanceUuid not in ("", mine)
+    with running_simulator(
+        tmp_path / "c", binary=_vcsim_binary, tls=_vcsim_tls, vms=1, instance_uuid=chosen
+    ) as fixed:
+        assert _anonymous_about(fixed.host, fixed.port, fixed.ca_file).instanceUuid == chosen

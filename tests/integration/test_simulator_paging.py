@@ -78,6 +78,19 @@ def test_retrieve_pages_by_max_objects_with_continue_and_cancel(si: Any) -> None
         collector.ContinueRetrievePropertiesEx(cancelled.token)
 
 
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_retrieve_with_nothing_to_return_answers_no_result(si: Any) -> None:
+    collector = si.RetrieveContent().propertyCollector
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
+    spec = PC.FilterSpec(
+        objectSet=[PC.ObjectSpec(obj=view, skip=True, selectSet=[
+            PC.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)])],
+        propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=["name"])],
+    )  # fmt: skip
+    assert collector.RetrievePropertiesEx([spec], PC.RetrieveOptions()) is None  # hosts only: no VM
+
+
 @pytest.mark.parametrize("simulator", [{"vms": 150}], indirect=True)
 def test_retrieve_without_max_objects_pages_at_100_as_vcenter(si: Any) -> None:
     collector = si.RetrieveContent().propertyCollector
@@ -263,9 +276,25 @@ def test_tpm_present_on_create_vm_with_a_tpm(si: Any) -> None:
         assert info.state == "success", info.error
         return info.result
 
+    collector = content.propertyCollector.CreatePropertyCollector()
+    _, spec = _view_spec(si, ["summary.config.tpmPresent"])
+    collector.CreateFilter(spec, partialUpdates=False)
+    version = _wait(collector, "").version
+
     with_tpm, without = create("with-tpm", True), create("without-tpm", False)
     present = _tpm_present(si)
     assert (present[with_tpm._moId], present[without._moId]) == (True, False)
+
+    kinds: dict[str, set[str]] = {}
+    latest: dict[str, Any] = {}
+    while (update := _wait(collector, version, max_wait=1)) is not None:  # new VMs enter the view
+        version = update.version
+        for ou in _updates(update):
+            kinds.setdefault(ou.obj._moId, set()).add(ou.kind)
+            for change in ou.changeSet or []:
+                latest[ou.obj._moId] = change.val
+    assert {moid: "enter" in k for moid, k in kinds.items()} == {with_tpm._moId: True, without._moId: True}
+    assert latest == {with_tpm._moId: True, without._moId: False}
 
 
 @pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
