@@ -3,7 +3,7 @@
 - ``control_plane`` (session): a fresh local control plane, or the cluster ``$KUBECONFIG`` points at
   when ``VTPM_USE_EXISTING_CLUSTER=1``.
 - ``kube_api`` (session): a ``kubernetes.client.ApiClient`` for it (admin).
-- ``crd_installed`` (session): every CRD in ``crds/`` applied and Established; returns the VTPMPolicy CRD's name.
+- ``crd_installed`` (session): every CRD in ``crds/`` applied and Established; the VTPMPolicy CRD name.
 - ``namespace`` (function): a fresh namespace, deleted after the test.
 - ``kubectl`` (session): runs /usr/bin/kubectl against the control plane.
 - ``simulator`` (function): a fresh vCenter simulator with vCenter's vTPM rules.

@@ -336,7 +336,7 @@ def test_expired_session_is_renewed(simulator: Simulator, cluster: Cluster, run_
     vcenter = cluster.vcenter(simulator)
     cluster.apply(policy_manifest("renew", vcenter))
     run_operator()
-    policy = cluster.wait_for("renew", lambda p: settled(p) and condition(p, "Ready")["status"] == "True")
+    cluster.wait_for("renew", lambda p: settled(p) and condition(p, "Ready")["status"] == "True")
     simulator.admin.expire_sessions()
     simulator.admin.reset_call_counts()
     again = next_full_read(cluster, simulator, "renew")

@@ -242,8 +242,11 @@ def test_manifests_are_namespace_agnostic() -> None:
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "Deployment",
         "Service",
+        "PodDisruptionBudget",
     }
     for doc in docs:
         assert "namespace" not in doc["metadata"], doc["metadata"]
@@ -253,21 +256,41 @@ def test_manifests_are_namespace_agnostic() -> None:
 def test_deployment_is_locked_down() -> None:
     deployment = find("Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Two replicas, safe only because each VCenter has a Lease (the drills prove the hand-over).
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == "vtpm-operator"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The drain (20 s) and the lease release fit in the grace period.
+    assert pod["terminationGracePeriodSeconds"] == 30
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert anti["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
     (container,) = pod["containers"]
     assert container["args"] == ["run", "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert {p["containerPort"] for p in container["ports"]} == {8080, 9100}
+    assert container["livenessProbe"]["httpGet"]["path"] == container["readinessProbe"]["httpGet"]["path"]
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert container["resources"]["requests"] and container["resources"]["limits"]
     assert find("Service")["spec"]["ports"][0]["port"] == 9100
+
+
+def test_disruption_budget_keeps_one_replica() -> None:
+    """Schema-checked only: there is no kubelet or eviction here to exercise it."""
+    pdb = find("PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == find("Deployment")["spec"]["selector"]["matchLabels"]
 
 
 def test_dockerfile_runs_as_non_root() -> None:
@@ -282,9 +305,26 @@ def test_dockerfile_runs_as_non_root() -> None:
 
 
 def overlay(tmp_path: Path, namespace: str, base: Path) -> Path:
-    """A kustomize overlay putting ``base`` into ``namespace`` (what a user's overlay does)."""
+    """A kustomize overlay putting ``base`` into ``namespace`` (what a user's overlay does). It drops
+    the PodDisruptionBudget: policy/v1 is GA from 1.21, and the test API server is 1.20."""
+    (tmp_path / "drop-pdb.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
+                "metadata": {"name": "vtpm-operator"},
+                "$patch": "delete",
+            }
+        )
+    )
     (tmp_path / "kustomization.yaml").write_text(
-        yaml.safe_dump({"namespace": namespace, "resources": [os.path.relpath(base, tmp_path)]})
+        yaml.safe_dump(
+            {
+                "namespace": namespace,
+                "resources": [os.path.relpath(base, tmp_path)],
+                "patchesStrategicMerge": ["drop-pdb.yaml"],
+            }
+        )
     )
     return tmp_path
 
@@ -297,6 +337,8 @@ def test_kustomization_applies_with_server_dry_run(kubectl: Any, namespace: str,
         "serviceaccount/vtpm-operator",
         "clusterrole.rbac.authorization.k8s.io/vtpm-operator",
         "clusterrolebinding.rbac.authorization.k8s.io/vtpm-operator",
+        "role.rbac.authorization.k8s.io/vtpm-operator",
+        "rolebinding.rbac.authorization.k8s.io/vtpm-operator",
         "deployment.apps/vtpm-operator",
         "service/vtpm-operator",
     ):
@@ -308,14 +350,20 @@ def test_kustomization_applies_with_server_dry_run(kubectl: Any, namespace: str,
     assert binding["subjects"][0]["namespace"] == namespace
 
 
-def test_example_applies_with_server_dry_run(
-    crd_installed: str, kubectl: Any, namespace: str, tmp_path: Path
-) -> None:
-    out = kubectl(
-        "apply", "--dry-run=server", "-k", str(overlay(tmp_path, namespace, DEPLOY / "example"))
-    ).stdout
-    assert "vtpmpolicy.vtpm-operator.io/windows-11-fleet created (server dry run)" in out
-    assert "secret/vcenter-creds created (server dry run)" in out
+def test_example_applies(crd_installed: str, kubectl: Any) -> None:
+    """The example as it is: a VCenter, its Secret in the operator's namespace, two teams' policies."""
+    kubectl("create", "namespace", "vtpm-operator", check=False)
+    try:
+        out = kubectl("apply", "-k", str(DEPLOY / "example")).stdout
+        for obj in (
+            "vcenter.vtpm-operator.io/vc-prod",
+            "secret/vc-prod-creds",
+            "vtpmpolicy.vtpm-operator.io/windows-11-fleet",
+            "vtpmpolicy.vtpm-operator.io/attestation-audit",
+        ):
+            assert re.search(rf"^{re.escape(obj)} (created|configured|unchanged)$", out, re.M), out
+    finally:
+        kubectl("delete", "-k", str(DEPLOY / "example"), "--wait=false", check=False)
 
 
 # RBAC: the ClusterRole bound to the ServiceAccount in a test namespace, then real requests made while
@@ -324,7 +372,8 @@ def test_example_applies_with_server_dry_run(
 
 @pytest.fixture
 def operator_identity(kube_api: client.ApiClient, namespace: str) -> Iterator[str]:
-    """Apply deploy/'s ServiceAccount, ClusterRole and binding for ``namespace``; yield the SA's user name."""
+    """Apply deploy/'s ServiceAccount, ClusterRole, Role and bindings with ``namespace`` as the
+    operator's namespace; yield the ServiceAccount's user name."""
     core = client.CoreV1Api(kube_api)
     rbac = client.RbacAuthorizationV1Api(kube_api)
     role = copy.deepcopy(find("ClusterRole"))
@@ -335,14 +384,28 @@ def operator_identity(kube_api: client.ApiClient, namespace: str) -> Iterator[st
     binding["metadata"]["name"] = unique
     binding["roleRef"]["name"] = unique
     binding["subjects"][0]["namespace"] = namespace
+    local_binding = copy.deepcopy(find("RoleBinding"))
+    local_binding["subjects"][0]["namespace"] = namespace
     core.create_namespaced_service_account(namespace, sa)
     rbac.create_cluster_role(role)
     rbac.create_cluster_role_binding(binding)
+    rbac.create_namespaced_role(namespace, find("Role"))
+    rbac.create_namespaced_role_binding(namespace, local_binding)
     try:
         yield f"system:serviceaccount:{namespace}:{sa['metadata']['name']}"
     finally:
         rbac.delete_cluster_role_binding(unique)
         rbac.delete_cluster_role(unique)
+
+
+@pytest.fixture
+def other_namespace(kube_api: client.ApiClient) -> Iterator[str]:
+    core = client.CoreV1Api(kube_api)
+    ns = core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(generate_name="t-other-")))
+    try:
+        yield str(ns.metadata.name)
+    finally:
+        core.delete_namespace(ns.metadata.name)
 
 
 @pytest.fixture
@@ -356,17 +419,23 @@ def as_operator(control_plane: Any, operator_identity: str) -> Iterator[client.A
 
 
 # (verb, "group/resource[/subresource]") — group "" for the core API.
-NEEDED = [
+NEEDED_CLUSTER_WIDE = [
     *[(v, "vtpm-operator.io/vtpmpolicies") for v in ("get", "list", "watch", "patch")],
-    *[(v, "vtpm-operator.io/vtpmpolicies/status") for v in ("get", "patch", "update")],
-    *[(v, "/events") for v in ("create", "patch")],
-    *[(v, "events.k8s.io/events") for v in ("create", "patch")],
-    ("get", "/secrets"),
+    *[(v, "vtpm-operator.io/vcenters") for v in ("get", "list", "watch")],
+    ("patch", "vtpm-operator.io/vtpmpolicies/status"),
+    ("patch", "vtpm-operator.io/vcenters/status"),
+    ("create", "/events"),
     *[(v, "/namespaces") for v in ("list", "watch")],
     *[(v, "apiextensions.k8s.io/customresourcedefinitions") for v in ("list", "watch")],
 ]
+NEEDED_IN_OWN_NAMESPACE = [
+    ("get", "/secrets"),
+    *[(v, "coordination.k8s.io/leases") for v in ("list", "create", "update", "delete")],
+]
 FORBIDDEN = [
     *[(v, "vtpm-operator.io/vtpmpolicies") for v in ("create", "update", "delete", "deletecollection")],
+    *[(v, "vtpm-operator.io/vcenters") for v in ("create", "update", "patch", "delete")],
+    ("update", "vtpm-operator.io/vtpmpolicies/status"),
     *[(v, "/secrets") for v in ("list", "watch", "create", "update", "patch", "delete")],
     *[(v, "/namespaces") for v in ("get", "create", "delete")],
     *[(v, "apiextensions.k8s.io/customresourcedefinitions") for v in ("get", "create", "update", "delete")],
@@ -375,24 +444,31 @@ FORBIDDEN = [
     ("delete", "/events"),
     ("create", "rbac.authorization.k8s.io/clusterrolebindings"),
 ]
+FORBIDDEN_ELSEWHERE = [("get", "/secrets"), ("list", "coordination.k8s.io/leases")]
 
 
-def test_clusterrole_rules_are_exactly_the_needed_ones() -> None:
-    granted = {
+def _granted(rules: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {
         (verb, f"{group}/{resource}")
-        for rule in find("ClusterRole")["rules"]
+        for rule in rules
         for group in rule["apiGroups"]
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    assert granted == set(NEEDED)
-    assert all("*" not in str(rule) and "resourceNames" not in rule for rule in find("ClusterRole")["rules"])
+
+
+def test_roles_grant_exactly_the_needed_rules() -> None:
+    assert _granted(find("ClusterRole")["rules"]) == set(NEEDED_CLUSTER_WIDE)
+    assert _granted(find("Role")["rules"]) == set(NEEDED_IN_OWN_NAMESPACE)
+    for kind in ("ClusterRole", "Role"):
+        assert all("*" not in str(rule) and "resourceNames" not in rule for rule in find(kind)["rules"])
+    assert not any("secrets" in rule["resources"] for rule in find("ClusterRole")["rules"])
 
 
 def sar(kube_api: client.ApiClient, user: str, namespace: str, verb: str, resource: str) -> bool:
     group, _, rest = resource.partition("/")
     plural, _, subresource = rest.partition("/")
-    cluster_scoped = plural in {"namespaces", "customresourcedefinitions", "clusterrolebindings"}
+    cluster_scoped = plural in {"namespaces", "customresourcedefinitions", "clusterrolebindings", "vcenters"}
     review = client.V1SubjectAccessReview(
         spec=client.V1SubjectAccessReviewSpec(
             user=user,
@@ -409,17 +485,22 @@ def sar(kube_api: client.ApiClient, user: str, namespace: str, verb: str, resour
     return bool(client.AuthorizationV1Api(kube_api).create_subject_access_review(review).status.allowed)
 
 
-def test_clusterrole_grants_what_the_operator_needs_and_no_more(
-    kube_api: client.ApiClient, operator_identity: str, namespace: str
+def test_roles_grant_what_the_operator_needs_and_no_more(
+    kube_api: client.ApiClient, operator_identity: str, namespace: str, other_namespace: str
 ) -> None:
-    denied = [need for need in NEEDED if not sar(kube_api, operator_identity, namespace, *need)]
-    assert denied == []
-    granted = [extra for extra in FORBIDDEN if sar(kube_api, operator_identity, namespace, *extra)]
-    assert granted == []
+    needed = NEEDED_CLUSTER_WIDE + NEEDED_IN_OWN_NAMESPACE
+    assert [n for n in needed if not sar(kube_api, operator_identity, namespace, *n)] == []
+    assert [n for n in NEEDED_CLUSTER_WIDE if not sar(kube_api, operator_identity, other_namespace, *n)] == []
+    assert [f for f in FORBIDDEN if sar(kube_api, operator_identity, namespace, *f)] == []
+    assert [f for f in FORBIDDEN_ELSEWHERE if sar(kube_api, operator_identity, other_namespace, *f)] == []
 
 
 def test_impersonated_operator_requests(
-    kube_api: client.ApiClient, as_operator: client.ApiClient, crd_installed: str, namespace: str
+    kube_api: client.ApiClient,
+    as_operator: client.ApiClient,
+    crd_installed: str,
+    namespace: str,
+    other_namespace: str,
 ) -> None:
     admin_objects = client.CustomObjectsApi(kube_api)
     body = {
@@ -427,36 +508,38 @@ def test_impersonated_operator_requests(
         "kind": "VTPMPolicy",
         "metadata": {"name": "p"},
         "spec": {
-            "vcenter": {"server": "vc.example.com", "credentialsSecret": "vcenter-creds"},
+            "vcenterRef": {"name": "vc"},
             "selector": {"tags": [{"category": "security", "name": "vtpm-required"}]},
         },
     }
-    admin_objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-    client.CoreV1Api(kube_api).create_namespaced_secret(
-        namespace,
-        client.V1Secret(metadata=client.V1ObjectMeta(name="vcenter-creds"), string_data={"username": "u"}),
-    )
+    admin_objects.create_namespaced_custom_object(GROUP, VERSION, other_namespace, PLURAL, body)
+    admin_core = client.CoreV1Api(kube_api)
+    for ns in (namespace, other_namespace):
+        admin_core.create_namespaced_secret(
+            ns,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name="vcenter-creds"), string_data={"username": "u"}
+            ),
+        )
 
     objects = client.CustomObjectsApi(as_operator)
     core = client.CoreV1Api(as_operator)
 
-    # Allowed: what Kopf and the reconcile loop do.
+    # Allowed: what the handlers, the engines and the status writer do.
     listed = objects.list_cluster_custom_object(GROUP, VERSION, PLURAL)
     assert any(item["metadata"]["name"] == "p" for item in listed["items"])
-    objects.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, "p", {"metadata": {"annotations": {"vtpm-operator.io/last": "x"}}}
-    )
+    objects.list_cluster_custom_object(GROUP, VERSION, "vcenters")
     patched = objects.patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, "p", {"status": {"observedGeneration": 1}}
+        GROUP, VERSION, other_namespace, PLURAL, "p", {"status": {"observedGeneration": 1}}
     )
     assert patched["status"]["observedGeneration"] == 1
     assert core.read_namespaced_secret("vcenter-creds", namespace).data["username"]
     core.create_namespaced_event(
-        namespace,
+        other_namespace,
         client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name="p."),
             involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind="VTPMPolicy", name="p", namespace=namespace
+                api_version=f"{GROUP}/{VERSION}", kind="VTPMPolicy", name="p", namespace=other_namespace
             ),
             reason="Test",
             message="event from the operator's identity",
@@ -465,19 +548,26 @@ def test_impersonated_operator_requests(
     )
     assert core.list_namespace().items
 
-    # Denied: everything else.
+    # Denied: everything else, the Secrets of every other namespace above all.
     def refused(call: Any, *args: Any) -> int:
         with pytest.raises(ApiException) as info:
             call(*args)
         return int(info.value.status)
 
+    assert refused(core.read_namespaced_secret, "vcenter-creds", other_namespace) == 403
     assert refused(core.list_namespaced_secret, namespace) == 403
-    current = admin_objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "p")
+    current = admin_objects.get_namespaced_custom_object(GROUP, VERSION, other_namespace, PLURAL, "p")
     current["spec"]["mode"] = "Audit"
     assert (
-        refused(objects.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, "p", current)
+        refused(
+            objects.replace_namespaced_custom_object, GROUP, VERSION, other_namespace, PLURAL, "p", current
+        )
         == 403
     )
-    assert refused(objects.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, "p") == 403
-    assert refused(objects.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, body) == 403
+    assert (
+        refused(objects.delete_namespaced_custom_object, GROUP, VERSION, other_namespace, PLURAL, "p") == 403
+    )
+    assert (
+        refused(objects.create_namespaced_custom_object, GROUP, VERSION, other_namespace, PLURAL, body) == 403
+    )
     assert refused(core.list_namespaced_config_map, namespace) == 403
