@@ -40,6 +40,8 @@ from vtpm_operator.vsphere.tags import TagMap, tags_missing_message
 
 log = logging.getLogger(__name__)
 
+WAIT = "\x00wait"  # the identity hook's answer while an older VCenter's identity is not known yet
+
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -83,7 +85,9 @@ class Hooks:
 
     connection: Callable[[VCenterConfig], tuple[Endpoint, Credentials]]  # reads the Secret
     namespace_labels: Callable[[str], Mapping[str, str] | None]  # None: no such namespace
-    identity: Callable[[str, str], str | None]  # (name, instanceUuid) → an earlier VCenter with it
+    # (name, instanceUuid or None when it could not be probed) → an older VCenter reaching the
+    # same vCenter, WAIT while that cannot be told, or None
+    identity: Callable[[str, str | None], str | None]
     may_act: Callable[[str], bool]  # this replica holds the VCenter's lease
     publisher: Publisher
 
@@ -243,8 +247,13 @@ class Engine:
             if self.session is not None:
                 self.session.close()
             self.session = VCenterSession(endpoint, credentials, label=self.name)
-        about = self.session.probe()  # no credentials leave before this proves it is a vCenter
-        self._check_identity(about)
+        try:
+            about = self.session.probe()  # no credentials leave before this proves it is a vCenter
+        except PolicyProblem:
+            self.hooks.identity(self.name, None)
+            raise
+        while self._check_identity(about) and not self.stop_event.wait(0.5):
+            pass  # an older VCenter object is still being probed: it may be this very vCenter
         self.about = about
         self.ops = ChangeOps(self.session)
         self.live = LiveInventory(self.session, self.ops.marker_key)
@@ -252,15 +261,19 @@ class Engine:
         self.next_full = 0.0  # the first poll fills the inventory
         self.problem = None
 
-    def _check_identity(self, about: About) -> None:
-        """Two VCenter objects that reach one vCenter would change its VMs twice: the later one yields."""
+    def _check_identity(self, about: About) -> bool:
+        """Two VCenter objects that reach one vCenter would change its VMs twice: the later one
+        yields. True while that cannot be told yet."""
         earlier = self.hooks.identity(self.name, about.instance_uuid)
+        if earlier == WAIT:
+            return True
         if earlier is not None:
             raise PolicyProblem(
                 ProblemReason.DUPLICATE_VCENTER,
                 f"VCenter {earlier} already reaches this vCenter (instanceUuid {about.instance_uuid}); "
                 "its policies act through that one, this one acts on nothing",
             )
+        return False
 
     def _lost(self, problem: PolicyProblem) -> None:
         if problem.reason is not (self.problem.reason if self.problem else None):
@@ -280,9 +293,23 @@ class Engine:
         for entry in self.policies.values():
             metrics.forget_policy(entry.namespace, entry.name)
 
+    def _needs_inventory(self) -> bool:
+        """A vCenter is read only for policies it admits, or to pay the power-ons owed on it: with
+        neither, nothing of it is read (a policy of a namespace it does not admit reads nothing)."""
+        assert self.ops is not None
+        admitted = any(self._admission(e) is None for e in self.policies.values())
+        return admitted or self.ops.marker_key() is not None or bool(self.queue.flights)
+
     def _tick(self) -> None:
         assert self.live is not None and self.about is not None
         self._check_identity(self.about)
+        if not self._needs_inventory():
+            self.fleet_ready = False
+            self.next_full = 0.0
+            self._publish()
+            self.stop_event.wait(1.0)
+            self._drain()
+            return
         now = time.time()
         if now >= self.next_full:
             self._full_read_begins(now)
@@ -477,6 +504,13 @@ class Engine:
                     self.dirty_vms.add(vm_id)
                 continue
             assert self.ops is not None
+            log.info(
+                "vCenter %s: %s (%s) for %s",
+                self.name,
+                pending(plan.change).message,
+                vm_id,
+                ", ".join(wanted.owners),
+            )
             flight = Flight(
                 vm_id,
                 vtpm_change(self.ops, plan),

@@ -17,7 +17,7 @@ from typing import Any
 
 from vtpm_operator.api import parse_policy, parse_vcenter
 from vtpm_operator.connection import VCenterConfig
-from vtpm_operator.engine.engine import Engine, EngineSettings, Hooks, PolicyEntry, Publisher
+from vtpm_operator.engine.engine import WAIT, Engine, EngineSettings, Hooks, PolicyEntry, Publisher
 from vtpm_operator.problems import PolicyProblem, ProblemReason
 from vtpm_operator.status import build_status, vcenter_status
 from vtpm_operator.vsphere.session import Credentials, Endpoint
@@ -124,20 +124,25 @@ class Registry:
             publisher=self.publisher,
         )
 
-    def _identity(self, name: str, instance_uuid: str) -> str | None:
-        """The VCenter created before `name` that reaches the same vCenter, if any."""
+    def _identity(self, name: str, instance_uuid: str | None) -> str | None:
+        """The VCenter created before `name` that reaches the same vCenter, if any; WAIT while an
+        older VCenter has not been probed yet (its identity decides who acts). None: `name` acts.
+        instance_uuid None: `name` could not be probed (it then blocks nobody)."""
         with self._lock:
-            self._identities[name] = instance_uuid
+            self._identities[name] = instance_uuid or ""
             mine = self._engines.get(name)
-            created = mine.created if mine else ""
-            earlier = sorted(
+            created = (mine.created if mine else "", name)
+            older = [
                 (running.created, other)
                 for other, running in self._engines.items()
-                if other != name and self._identities.get(other) == instance_uuid
-            )
-        if earlier and (earlier[0][0], earlier[0][1]) < (created, name):
-            return earlier[0][1]
-        return None
+                if other != name and (running.created, other) < created
+            ]
+            if instance_uuid is None:
+                return None
+            if any(other not in self._identities for _, other in older):
+                return WAIT
+            same = sorted(o for o in older if self._identities.get(o[1]) == instance_uuid)
+        return same[0][1] if same else None
 
     # --- policies -------------------------------------------------------------------------------
     def policy(self, body: Mapping[str, Any]) -> None:
