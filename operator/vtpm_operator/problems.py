@@ -14,6 +14,10 @@ class ProblemReason(StrEnum):
     NOT_VCENTER = "NotVCenter"
     TAG_NOT_FOUND = "TagNotFound"
     VCENTER_ERROR = "VCenterError"
+    INVALID_SECRET = "InvalidSecret"
+    NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"
+    VCENTER_NOT_FOUND = "VCenterNotFound"
+    DUPLICATE_VCENTER = "DuplicateVCenter"
 
 
 # Problems a retry can cure without anyone changing anything: not Stalled, retried with backoff.

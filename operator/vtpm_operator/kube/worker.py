@@ -17,10 +17,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from vtpm_operator import metrics
+from vtpm_operator.api import parse_policy
 from vtpm_operator.claims import Claim, ClaimBoard
 from vtpm_operator.events import Notice, notices_for
-from vtpm_operator.kube.secrets import read_connection
-from vtpm_operator.policy import DesiredVTPM, Policy, parse_policy
+from vtpm_operator.kube.secrets import operator_namespace, read_connection, read_vcenter
+from vtpm_operator.policy import DesiredVTPM, Policy
 from vtpm_operator.problems import PolicyProblem, ProblemReason
 from vtpm_operator.retry import FailureBackoff
 from vtpm_operator.status import build_status
@@ -86,9 +87,7 @@ class PolicyWorker:
                 self.last_sync.compliant_ids if self.last_sync else frozenset(),
                 on_progress=lambda r: self._report_progress(r, generation, policy),
                 held=self.backoff.held(),
-                claim=lambda selected: CLAIMS.claim(
-                    self.key, Claim(policy.vcenter.server, policy.vtpm, selected)
-                ),
+                claim=lambda selected: CLAIMS.claim(self.key, Claim(policy.vcenter, policy.vtpm, selected)),
                 should_continue=lambda: not stopped and self._generation() == generation,
             )
         except PolicyProblem as problem:
@@ -154,7 +153,8 @@ class PolicyWorker:
 
     def _client(self, policy: Policy) -> VSphereClient:
         # The Secret is read every sync, so fixed credentials take effect without a restart.
-        connection = read_connection(self.core, self.namespace, policy.vcenter)
+        vcenter = read_vcenter(self.custom, policy.vcenter)
+        connection = read_connection(self.core, operator_namespace(), vcenter)
         if self._vsphere is None or connection != self._connection:
             self._drop_client()
             self._vsphere = VSphereClient(VCenterSession(*connection))
