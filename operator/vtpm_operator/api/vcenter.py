@@ -57,6 +57,7 @@ class LabelSelectorRequirement(SpecModel):
     )
     values: list[LabelValue] = Field(
         default=[],
+        validate_default=True,  # In without values is as wrong as Exists with some
         max_length=64,
         description="Label values: at least one for In and NotIn, none for Exists and DoesNotExist.",
     )
