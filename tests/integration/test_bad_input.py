@@ -68,7 +68,8 @@ TAG = {"category": "security", "name": "vtpm-required"}
 OTHER_TAG = {"category": "security", "name": "other"}
 POLICY: dict[str, Any] = {"vcenterRef": {"name": "vc-prod"}, "selector": {"tags": [TAG]}}
 VCENTER: dict[str, Any] = {"server": "vc.example.com", "credentialsSecretRef": {"name": "vc-creds"}}
-GOOD_CREDENTIALS = {"username": b"svc-vtpm@vsphere.local", "password": b"Corr3ct-Horse"}
+# Values unlike any word of a message, so that a leaked fragment is never taken for wording.
+GOOD_CREDENTIALS = {"username": b"svc-vtpm@vsphere.local", "password": b"Qx7!Corr3ct-Horse"}
 
 
 def changed(base: Mapping[str, Any], **paths: Any) -> dict[str, Any]:
@@ -487,12 +488,12 @@ ROWS: list[BadInput] = [
     secret_row("username-missing", "Secret", {"password": GOOD_CREDENTIALS["password"]}, "username"),
     secret_row("password-empty", "Secret", {**GOOD_CREDENTIALS, "password": b""}, "password"),
     secret_row(
-        "password-not-utf8", "Secret", {**GOOD_CREDENTIALS, "password": b"Corr3ct-\xff\xfeHorse"}, "password"
+        "password-not-utf8", "Secret", {**GOOD_CREDENTIALS, "password": b"Qx7!Corr3ct-\xff\xfeHorse"}, "password"
     ),
     secret_row(
         "password-trailing-newline",
         "Secret",
-        {**GOOD_CREDENTIALS, "password": b"Corr3ct-Horse\n"},
+        {**GOOD_CREDENTIALS, "password": b"Qx7!Corr3ct-Horse\n"},
         "password",
     ),
     secret_row(
@@ -502,7 +503,7 @@ ROWS: list[BadInput] = [
         "username",
     ),
     secret_row("ca-missing-key", "CASecret", {"ca.pem": b"-----BEGIN CERTIFICATE-----"}, "ca.crt"),
-    secret_row("ca-garbage", "CASecret", {"ca.crt": b"this is not a certificate at all"}, "ca.crt"),
+    secret_row("ca-garbage", "CASecret", {"ca.crt": b"zq9-GARBAGE-xy7 !!"}, "ca.crt"),
     secret_row("ca-der", "CASecret", {"ca.crt": DER_CERT}, "ca.crt"),
     secret_row("ca-pem-garbage", "CASecret", {"ca.crt": PEM_GARBAGE}, "ca.crt"),
 ]
@@ -539,9 +540,10 @@ def operator_parse(row: BadInput) -> None:
         decode_ca("vc-ca", _b64(row.body))
 
 
-def _fragments(value: bytes) -> set[str]:
-    """Printable runs of a value (3+ characters) that a message must never contain."""
-    return {run for run in re.findall(r"[ -~]{3,}", value.decode("latin-1")) if run.strip()}
+def _fragments(value: bytes, width: int = 6) -> set[str]:
+    """Every run of `width` printable characters of a value: none may appear in a message."""
+    runs = re.findall(r"[!-~][ -~]*", value.decode("latin-1"))
+    return {run[i : i + width] for run in runs for i in range(len(run) - width + 1)}
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
