@@ -488,7 +488,10 @@ ROWS: list[BadInput] = [
     secret_row("username-missing", "Secret", {"password": GOOD_CREDENTIALS["password"]}, "username"),
     secret_row("password-empty", "Secret", {**GOOD_CREDENTIALS, "password": b""}, "password"),
     secret_row(
-        "password-not-utf8", "Secret", {**GOOD_CREDENTIALS, "password": b"Qx7!Corr3ct-\xff\xfeHorse"}, "password"
+        "password-not-utf8",
+        "Secret",
+        {**GOOD_CREDENTIALS, "password": b"Qx7!Corr3ct-\xff\xfeHorse"},
+        "password",
     ),
     secret_row(
         "password-trailing-newline",
