@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -22,6 +24,7 @@ from vtpm_operator.api import VCenterStatus, VTPMPolicyStatus, parse_policy, par
 from vtpm_operator.api.base import Condition
 from vtpm_operator.api.vcenter import KeyProviderStatus
 from vtpm_operator.api.vtpmpolicy import PolicySummary, VMStatus
+from vtpm_operator.problems import PolicyProblem
 
 GROUP, VERSION = "vtpm-operator.io", "v1alpha1"
 POLICIES, VCENTERS = "vtpmpolicies", "vcenters"
@@ -481,3 +484,109 @@ def test_status_from_the_models_is_accepted_on_1_36(apiext_crds: client.CustomOb
         GROUP, VERSION, VCENTERS, name, {"status": VCENTER_STATUS}
     )
     assert patched["status"] == VCENTER_STATUS
+
+
+# --- The parser and the 1.36 server agree on every spec drawn from these values -----------------
+
+OTHER_TAG = {"category": "security", "name": "other"}
+DURATIONS = ["5m", "10s", "9s", "24h", "24h1s", "0s", "1h30m", "1.5h", "300", "soon", 5]
+POLICY_VALUES: dict[str, list[Any]] = {
+    "vcenterRef": [{"name": "vc"}, {"name": "VC"}, {}, "vc"],
+    "vcenter": [{"server": "vc"}],
+    "selector.tags": [
+        [TAG],
+        [],
+        [TAG, TAG],
+        [TAG, OTHER_TAG],
+        [{"category": "c", "name": f"t{i}"} for i in range(33)],
+    ],
+    "selector.excludeTags": [[], [TAG], [OTHER_TAG], [OTHER_TAG, OTHER_TAG], [{"category": "", "name": "x"}]],
+    "vtpm": ["Present", "Absent", "present"],
+    "mode": ["Enforce", "Audit", "DryRun"],
+    "allowRemoval": [True, False, "true", 1],
+    "keyProvider": ["", "kp-1", "k" * 256],
+    "powerPolicy.action": ["Skip", "Shutdown", "Reboot"],
+    "powerPolicy.shutdownTimeout": DURATIONS,
+    "powerPolicy.forcePowerOff": [True, "false"],
+    "maxConcurrent": [1, 64, 0, 65, "4"],
+    "resyncPeriod": DURATIONS,
+}
+VCENTER_VALUES: dict[str, list[Any]] = {
+    "server": ["vc", "vc:443", "vc:", "vc:0", "vc:65535", "vc:65536", "vc:99999", "[::1]", "[::1]:443",
+               "fe80::1", "https://vc", "v" * 256, "10.0.0.1:8443"],
+    "credentialsSecretRef": [{"name": "c"}, {"name": "C"}, {}],
+    "caSecretRef": [{"name": "ca"}, {"name": "Ca"}],
+    "insecureSkipVerify": [True, False, "true"],
+    "allowedNamespaces": [
+        {}, {"names": ["team-a"]}, {"names": ["Team"]}, {"names": ["a", "a"]}, {"selector": {}},
+        {"selector": {"matchLabels": {"prod": "true"}}},
+        {"selector": {"matchExpressions": [{"key": "k", "operator": "In"}]}},
+        {"selector": {"matchExpressions": [{"key": "k", "operator": "NotIn", "values": ["x"]}]}},
+        {"selector": {"matchExpressions": [{"key": "k", "operator": "Exists", "values": ["x"]}]}},
+        {"selector": {"matchExpressions": [{"key": "k", "operator": "Has"}]}},
+    ],
+    "allowRemoval": [True, "false"],
+    "maxConcurrentChanges": [1, 8, 64, 0, 65],
+}  # fmt: skip
+
+
+def _drawn_spec(draw: st.DrawFn, base: dict[str, Any], values: dict[str, list[Any]]) -> dict[str, Any]:
+    spec = copy.deepcopy(base)
+    for path in draw(st.lists(st.sampled_from(sorted(values)), max_size=3, unique=True)):
+        *parents, leaf = path.split(".")
+        node = spec
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = copy.deepcopy(draw(st.sampled_from(values[path])))
+    return spec
+
+
+@st.composite
+def policy_specs(draw: st.DrawFn) -> dict[str, Any]:
+    return _drawn_spec(draw, MINIMAL_POLICY, POLICY_VALUES)
+
+
+@st.composite
+def vcenter_specs(draw: st.DrawFn) -> dict[str, Any]:
+    return _drawn_spec(draw, MINIMAL_VCENTER, VCENTER_VALUES)
+
+
+def _server_admits(api: client.CustomObjectsApi, kind: str, spec: dict[str, Any]) -> bool:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": "probe"}, "spec": spec}
+    options = {
+        "dry_run": "All",
+        "field_validation": "Strict",
+    }  # Strict: unknown fields refused, as the models do
+    try:
+        if kind == "VCenter":
+            api.create_cluster_custom_object(GROUP, VERSION, VCENTERS, body, **options)
+        else:
+            api.create_namespaced_custom_object(GROUP, VERSION, "default", POLICIES, body, **options)
+    except ApiException as exc:
+        assert exc.status in (400, 422), exc.body
+        return False
+    return True
+
+
+def _parser_admits(kind: str, spec: dict[str, Any]) -> bool:
+    try:
+        (parse_vcenter if kind == "VCenter" else parse_policy)(spec)
+    except PolicyProblem:
+        return False
+    return True
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=policy_specs())
+def test_parser_and_1_36_agree_on_policies(
+    apiext_crds: client.CustomObjectsApi, spec: dict[str, Any]
+) -> None:
+    assert _server_admits(apiext_crds, "VTPMPolicy", spec) == _parser_admits("VTPMPolicy", spec), spec
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=vcenter_specs())
+def test_parser_and_1_36_agree_on_vcenters(
+    apiext_crds: client.CustomObjectsApi, spec: dict[str, Any]
+) -> None:
+    assert _server_admits(apiext_crds, "VCenter", spec) == _parser_admits("VCenter", spec), spec

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from vtpm_operator.api.base import (
     Condition,
@@ -73,6 +73,16 @@ class LabelSelectorRequirement(SpecModel):
         return values
 
 
+def _each_once(names: list[str]) -> list[str]:
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} listed twice")
+    return names
+
+
+NamespaceName = Annotated[str, Field(min_length=1, max_length=63, pattern=NAMESPACE_PATTERN)]
+
+
 class NamespaceLabelSelector(SpecModel):
     """Namespaces by their labels: every matchLabels entry and every expression must match."""
 
@@ -90,10 +100,10 @@ class NamespaceLabelSelector(SpecModel):
 class AllowedNamespacesSpec(SpecModel):
     """Which namespaces' VTPMPolicies may use this VCenter: the named ones and the selected ones."""
 
-    names: list[Annotated[str, Field(min_length=1, max_length=63, pattern=NAMESPACE_PATTERN)]] = Field(
+    names: Annotated[list[NamespaceName], AfterValidator(_each_once)] = Field(
         default=[],
         max_length=256,
-        description="Namespaces admitted by name.",
+        description="Namespaces admitted by name, each at most once.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     selector: NamespaceLabelSelector | None = Field(
