@@ -225,3 +225,34 @@ def test_every_label_and_expression_must_match() -> None:
     assert rule.admits("ns", {"a": "1", "b": "2", "c": ""})
     assert not rule.admits("ns", {"a": "1", "b": "2"})
     assert not rule.admits("ns", {"a": "1", "c": ""})
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-100, 70000) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+VCENTER_KEYS = [
+    "server",
+    "credentialsSecretRef",
+    "caSecretRef",
+    "insecureSkipVerify",
+    "allowedNamespaces",
+    "allowRemoval",
+    "maxConcurrentChanges",
+]
+
+
+@given(key=st.sampled_from(VCENTER_KEYS), value=json_values)
+def test_any_spec_gives_a_config_or_invalid_spec(key: str, value: Any) -> None:
+    """Whatever a user writes into one field, the result is a VCenterConfig or InvalidSpec naming it."""
+    try:
+        config = parse_vcenter(spec(**{key: value}))
+    except PolicyProblem as problem:
+        assert problem.reason is ProblemReason.INVALID_SPEC
+        assert problem.message.startswith(f"spec.{key}"), problem.message
+    else:
+        assert 1 <= config.max_concurrent_changes <= 64
+        split_server(config.server)
