@@ -20,6 +20,7 @@ from vtpm_operator.problems import PolicyProblem, ProblemReason
 USERNAME_KEY = "username"
 PASSWORD_KEY = "password"
 CA_KEY = "ca.crt"
+PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 
 # A DNS name or IPv4 address, or an IPv6 address in brackets, then an optional port. The API
 # schema carries the same shape as its pattern (vtpm_operator.api.vcenter.SERVER_PATTERN).
@@ -114,18 +115,26 @@ def decode_secret(name: str, data: Mapping[str, str]) -> tuple[str, str]:
 def decode_ca(name: str, data: Mapping[str, str]) -> str:
     """The PEM CA bundle under ca.crt; PolicyProblem(InvalidSecret) unless it holds PEM certificates."""
     raw = _decode_bytes(name, data, CA_KEY)
-    if raw[:1] == b"\x30":  # an ASN.1 SEQUENCE: a DER certificate, which Python's ssl cannot take as text
-        raise _invalid(
-            name, CA_KEY, "looks like DER; convert it: openssl x509 -inform der -in ca.der -out ca.crt"
-        )
-    pem = _text(name, CA_KEY, raw)
-    if "-----BEGIN CERTIFICATE-----" not in pem:
+    if PEM_CERTIFICATE not in raw:
+        if raw[:1] == b"\x30" and not _is_utf8(raw):  # binary, an ASN.1 SEQUENCE: a DER certificate
+            raise _invalid(
+                name, CA_KEY, "looks like DER; convert it: openssl x509 -inform der -in ca.der -out ca.crt"
+            )
         raise _invalid(name, CA_KEY, "holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    pem = _text(name, CA_KEY, raw)
     try:
         ssl.create_default_context(cadata=pem)
     except (ssl.SSLError, ValueError):
         raise _invalid(name, CA_KEY, "holds a PEM block that is not a valid certificate") from None
     return pem
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _decode_line(name: str, data: Mapping[str, str], key: str) -> str:
