@@ -18,7 +18,7 @@ from pyVmomi import vim
 
 from testbed.fleet import VMSpec, build_fleet
 from testbed.vcsim import Simulator, running_simulator
-from vtpm_operator.policy import Policy, TagRef, VCenterRef
+from vtpm_operator.api import parse_policy
 from vtpm_operator.vsphere import inventory
 from vtpm_operator.vsphere.client import VSphereClient
 from vtpm_operator.vsphere.session import Credentials, Endpoint, VCenterSession
@@ -40,7 +40,12 @@ def bench(sim: Simulator, size: int, repeat: int) -> None:
     build_fleet(sim, [VMSpec(f"vm-{i:05d}") for i in range(size)])
     endpoint = Endpoint(sim.server, ca_pem=sim.ca_file.read_text())
     client = VSphereClient(VCenterSession(endpoint, Credentials(sim.username, sim.password)))
-    policy = Policy(VCenterRef(sim.server, "-"), tags=(TagRef("security", "vtpm-required"),))
+    policy = parse_policy(
+        {
+            "vcenterRef": {"name": "sim"},
+            "selector": {"tags": [{"category": "security", "name": "vtpm-required"}]},
+        }
+    )
     ids = [vm.id for vm in client.read_inventory(policy).vms]  # logs in, learns guest OS support once
     bulk_times, naive_times = [], []
     bulk_calls = naive_calls = 0

@@ -3,7 +3,8 @@
 - ``control_plane`` (session): a fresh local control plane, or the cluster ``$KUBECONFIG`` points at
   when ``VTPM_USE_EXISTING_CLUSTER=1``.
 - ``kube_api`` (session): a ``kubernetes.client.ApiClient`` for it (admin).
-- ``crd_installed`` (session): every CRD in ``crds/`` applied and Established; the VTPMPolicy CRD name.
+- ``crd_installed`` (session): both CRDs (``crds/*.yaml``) created or replaced through the API client and
+  Established; returns the VTPMPolicy CRD's name.
 - ``namespace`` (function): a fresh namespace, deleted after the test.
 - ``kubectl`` (session): runs /usr/bin/kubectl against the control plane.
 - ``simulator`` (function): a fresh vCenter simulator with vCenter's vTPM rules.
@@ -27,8 +28,7 @@ from testbed.kube import ControlPlane, control_plane_from_kubeconfig, running_co
 from testbed.vcsim import Simulator, build_simulator, make_tls, running_simulator
 
 REPO = Path(__file__).resolve().parent.parent
-CRD_FILE = REPO / "crds" / "vtpmpolicies.yaml"
-CRD_FILES = sorted((REPO / "crds").glob("*.yaml"))
+CRD_FILES = (REPO / "crds" / "vcenters.yaml", REPO / "crds" / "vtpmpolicies.yaml")
 KUBECTL = "/usr/bin/kubectl"
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
@@ -76,29 +76,37 @@ def _established(crd: Any) -> bool:
     return any(c.type == "Established" and c.status == "True" for c in conditions)
 
 
+def install_crd(api: client.ApiClient, body: dict[str, Any], timeout: float = 60) -> str:
+    """Create or replace a CRD and wait until it is Established; returns its name.
+
+    Through the API client, not kubectl: a 1.20 server then drops the CEL rules it does not know
+    (x-kubernetes-validations), where kubectl's client-side validation would refuse the file.
+    """
+    name: str = body["metadata"]["name"]
+    ext = client.ApiextensionsV1Api(api)
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(name)
+        body = {
+            **body,
+            "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version},
+        }
+        ext.replace_custom_resource_definition(name, body)
+    deadline = time.monotonic() + timeout
+    while not _established(ext.read_custom_resource_definition(name)):
+        assert time.monotonic() < deadline, f"CRD {name} not Established after {timeout}s"
+        time.sleep(0.2)
+    return name
+
+
 @pytest.fixture(scope="session")
 def crd_installed(kube_api: client.ApiClient) -> str:
-    """Create or replace every CRD in crds/ and wait until each is Established."""
-    ext = client.ApiextensionsV1Api(kube_api)
-    names = []
-    for path in CRD_FILES:
-        body = yaml.safe_load(path.read_text())
-        name: str = body["metadata"]["name"]
-        names.append(name)
-        try:
-            ext.create_custom_resource_definition(body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            current = ext.read_custom_resource_definition(name)
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(name, body)
-    deadline = time.monotonic() + 60
-    for name in names:
-        while not _established(ext.read_custom_resource_definition(name)):
-            assert time.monotonic() < deadline, f"CRD {name} not Established after 60s"
-            time.sleep(0.2)
-    return str(yaml.safe_load(CRD_FILE.read_text())["metadata"]["name"])
+    """Both CRDs (VCenter, VTPMPolicy) installed and Established; returns the VTPMPolicy CRD's name."""
+    names = [install_crd(kube_api, yaml.safe_load(path.read_text())) for path in CRD_FILES]
+    return names[-1]
 
 
 @pytest.fixture

@@ -8,11 +8,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import durationpy
 
+from vtpm_operator.api import parse_policy
 from vtpm_operator.planning import VMState, make_plan
-from vtpm_operator.policy import DesiredVTPM, Mode, Policy, TagRef
+from vtpm_operator.policy import DesiredVTPM, Mode, TagRef
 from vtpm_operator.problems import PolicyProblem
 from vtpm_operator.vsphere.client import VSphereClient
 from vtpm_operator.vsphere.faults import describe
@@ -115,20 +117,33 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The VTPMPolicy spec the audit flags stand for (no VCenter object: the flags are the connection)."""
+    spec: dict[str, Any] = {
+        "vcenterRef": {"name": "audit"},
+        "selector": {
+            "tags": [{"category": t.category, "name": t.name} for t in args.tag],
+            "excludeTags": [{"category": t.category, "name": t.name} for t in args.exclude_tag],
+        },
+        "vtpm": args.vtpm,
+        "mode": Mode.AUDIT.value,
+    }
+    if args.key_provider:
+        spec["keyProvider"] = args.key_provider
+    return spec
+
+
 def _audit(args: argparse.Namespace) -> int:
     """Exit 0 when every selected VM complies, 1 when some do not, 2 when vCenter could not be read."""
     password = os.environ.get(args.password_env)
     if not password:
         print(f"set the password in ${args.password_env}", file=sys.stderr)
         return 2
-    policy = Policy(
-        vcenter=args.server,
-        tags=tuple(args.tag),
-        exclude_tags=tuple(args.exclude_tag),
-        vtpm=DesiredVTPM(args.vtpm),
-        mode=Mode.AUDIT,
-        key_provider=args.key_provider,
-    )
+    try:  # through the API's parser: the same defaults and rules as a VTPMPolicy
+        policy = parse_policy(_audit_spec(args))
+    except PolicyProblem as problem:
+        print(f"{problem.reason}: {problem.message}", file=sys.stderr)
+        return 2
     endpoint = Endpoint(
         args.server,
         ca_pem=args.ca_file.read_text() if args.ca_file else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -12,10 +13,11 @@ from pyVmomi import vim
 
 from testbed.fleet import CATEGORY, EXEMPT_TAG, REQUIRED_TAG, VMSpec, build_fleet
 from testbed.vcsim import Simulator, connect, disconnect, wait_task
+from vtpm_operator.api import parse_policy
 from vtpm_operator.claims import Claim, ClaimBoard
 from vtpm_operator.facts import PowerState
 from vtpm_operator.planning import VMState, make_plan
-from vtpm_operator.policy import DesiredVTPM, Policy, PowerAction, PowerPolicy, TagRef, VCenterRef
+from vtpm_operator.policy import DesiredVTPM, Policy, PowerAction, PowerPolicy, TagRef
 from vtpm_operator.problems import PolicyProblem, ProblemReason
 from vtpm_operator.sync import SyncResult, run_sync
 from vtpm_operator.vsphere.client import VSphereClient
@@ -23,13 +25,26 @@ from vtpm_operator.vsphere.session import Credentials, Endpoint, VCenterSession
 
 
 def policy_for(sim: Simulator, **overrides: object) -> Policy:
-    fields: dict[str, object] = {
-        "vcenter": VCenterRef(sim.server, "unused"),
-        "tags": (TagRef(CATEGORY, REQUIRED_TAG),),
-        "exclude_tags": (TagRef(CATEGORY, EXEMPT_TAG),),
+    """The API's defaults (from its parser), selecting REQUIRED_TAG and exempting EXEMPT_TAG."""
+    spec = {
+        "vcenterRef": {"name": "sim"},
+        "selector": {
+            "tags": [{"category": CATEGORY, "name": REQUIRED_TAG}],
+            "excludeTags": [{"category": CATEGORY, "name": EXEMPT_TAG}],
+        },
     }
-    fields.update(overrides)
-    return Policy(**fields)  # type: ignore[arg-type]
+    return dataclasses.replace(parse_policy(spec), **overrides)  # type: ignore[arg-type]
+
+
+def power(**overrides: object) -> PowerPolicy:
+    """The API's default power policy with these changes."""
+    return dataclasses.replace(parse_policy(MINIMAL).power, **overrides)  # type: ignore[arg-type]
+
+
+MINIMAL = {
+    "vcenterRef": {"name": "sim"},
+    "selector": {"tags": [{"category": CATEGORY, "name": REQUIRED_TAG}]},
+}
 
 
 def client_for(sim: Simulator, *, password: str | None = None, ca_pem: str | None = None) -> VSphereClient:
@@ -169,7 +184,7 @@ def test_a_power_on_that_failed_is_paid_at_the_next_sync(simulator: Simulator) -
     """The operator records the power-on it owes in vCenter before shutting a guest down."""
     build_fleet(simulator, [VMSpec("web", powered_on=True)])
     simulator.admin.reset_call_counts()
-    policy = policy_for(simulator, power=PowerPolicy(action=PowerAction.SHUTDOWN, shutdown_timeout=30))
+    policy = policy_for(simulator, power=power(action=PowerAction.SHUTDOWN, shutdown_timeout=30))
     simulator.admin.inject_fault(method="PowerOnVM_Task", count=1, fault="SystemError")
     vsphere = client_for(simulator)
     try:
@@ -247,7 +262,7 @@ def test_at_most_max_concurrent_vms_are_in_flight(simulator: Simulator) -> None:
     for vm_id in fleet.ids.values():
         simulator.admin.set_shutdown_delay(vm_id, 2.0)
     simulator.admin.reset_call_counts()
-    policy = policy_for(simulator, max_concurrent=2, power=PowerPolicy(action=PowerAction.SHUTDOWN))
+    policy = policy_for(simulator, max_concurrent=2, power=power(action=PowerAction.SHUTDOWN))
     vsphere = client_for(simulator)
     results: list[SyncResult] = []
     worker = threading.Thread(target=lambda: results.append(run_sync(vsphere, policy, frozenset())))

@@ -66,9 +66,16 @@ class TestProblems:
         assert "VCenterUnreachable" in notices[0].message
 
 
-def test_in_flight_reports_make_no_events() -> None:
-    current = result(out(1, VMState.PENDING), out(2, VMState.BLOCKED, "PoweredOn"), in_flight=True)
-    assert notices_for(None, current, PRESENT) == []
+def test_reports_while_changes_run_announce_as_they_go() -> None:
+    """The engine reports while changes are still running: what was done, drift and new blockers
+    are announced then, once each; a VM still pending is no event."""
+    before = result(out(1, VMState.PENDING), out(2, VMState.PENDING), in_flight=True)
+    current = result(
+        out(1, VMState.COMPLIANT), out(2, VMState.PENDING), out(3, VMState.BLOCKED, "PoweredOn"),
+        remediated=1, in_flight=True,
+    )  # fmt: skip
+    assert reasons(notices_for(before, current, PRESENT)) == ["VTPMAdded", "VMsBlocked"]
+    assert notices_for(current, result(*current.outcomes, in_flight=True), PRESENT) == []
 
 
 def test_quiet_sync_makes_no_events() -> None:

@@ -1,4 +1,4 @@
-"""parse_policy and parse_duration."""
+"""parse_policy: a VTPMPolicy spec becomes a Policy, or InvalidSpec naming the field."""
 
 from __future__ import annotations
 
@@ -9,240 +9,190 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vtpm_operator.policy import (
-    DesiredVTPM,
-    Mode,
-    Policy,
-    PowerAction,
-    TagRef,
-    parse_duration,
-    parse_policy,
-)
+from vtpm_operator.api import parse_policy
+from vtpm_operator.api.base import duration_seconds
+from vtpm_operator.policy import DesiredVTPM, Mode, Policy, PowerAction, PowerPolicy, TagRef
 from vtpm_operator.problems import PolicyProblem, ProblemReason
 
-MINIMAL: dict[str, Any] = {
-    "vcenter": {"server": "vc.example.com", "credentialsSecret": "vcenter-creds"},
-    "selector": {"tags": [{"category": "security", "name": "vtpm-required"}]},
-}
+from .vtpm_factories import MINIMAL_POLICY_SPEC
+
+TAG = {"category": "security", "name": "vtpm-required"}
 
 
 def spec(**changes: Any) -> dict[str, Any]:
-    result = copy.deepcopy(MINIMAL)
+    result = copy.deepcopy(MINIMAL_POLICY_SPEC)
     result.update(changes)
     return result
 
 
-def invalid(spec_: Any) -> PolicyProblem:
+def invalid(spec_: Any, field: str) -> PolicyProblem:
+    """Asserts InvalidSpec whose message starts with the field's path."""
     with pytest.raises(PolicyProblem) as caught:
         parse_policy(spec_)
     assert caught.value.reason is ProblemReason.INVALID_SPEC
-    assert not caught.value.transient
-    assert caught.value.message.startswith("invalid spec")
+    assert caught.value.message.startswith(f"{field}: "), caught.value.message
     return caught.value
 
 
 def test_defaults() -> None:
-    policy = parse_policy(MINIMAL)
-    assert policy.vcenter.server == "vc.example.com"
-    assert policy.vcenter.credentials_secret == "vcenter-creds"
-    assert policy.vcenter.ca_secret is None
-    assert policy.vcenter.insecure_skip_verify is False
-    assert policy.tags == (TagRef("security", "vtpm-required"),)
-    assert policy.exclude_tags == ()
-    assert policy.vtpm is DesiredVTPM.PRESENT
-    assert policy.allow_removal is False
-    assert policy.mode is Mode.ENFORCE
-    assert policy.key_provider is None
-    assert policy.power.action is PowerAction.SKIP
-    assert policy.power.shutdown_timeout == 600.0
-    assert policy.power.force_power_off is False
-    assert policy.power.restore_power_state is True
-    assert policy.max_concurrent == 4
-    assert policy.resync_period == 300.0
+    assert parse_policy(MINIMAL_POLICY_SPEC) == Policy(
+        vcenter="vc-prod",
+        tags=(TagRef("security", "vtpm-required"),),
+        exclude_tags=(),
+        vtpm=DesiredVTPM.PRESENT,
+        allow_removal=False,
+        mode=Mode.ENFORCE,
+        key_provider=None,
+        power=PowerPolicy(
+            action=PowerAction.SKIP, shutdown_timeout=600.0, force_power_off=False, restore_power_state=True
+        ),
+        max_concurrent=4,
+        resync_period=300.0,
+    )
 
 
 def test_full_spec() -> None:
     policy = parse_policy(
-        spec(
-            vcenter={
-                "server": "vc:8443",
-                "credentialsSecret": "c",
-                "caSecret": "ca",
-                "insecureSkipVerify": True,
-            },
-            selector={
-                "tags": [{"category": "b", "name": "x"}, {"category": "a", "name": "y"}],
+        {
+            "vcenterRef": {"name": "vc-lab"},
+            "selector": {
+                "tags": [{"category": "b", "name": "2"}, {"category": "a", "name": "1"}],
                 "excludeTags": [{"category": "security", "name": "exempt"}],
             },
-            vtpm="Absent",
-            allowRemoval=True,
-            mode="Audit",
-            keyProvider="kp-1",
-            powerPolicy={
+            "vtpm": "Absent",
+            "allowRemoval": True,
+            "mode": "Audit",
+            "keyProvider": "kp-1",
+            "powerPolicy": {
                 "action": "Shutdown",
                 "shutdownTimeout": "1h30m",
                 "forcePowerOff": True,
                 "restorePowerState": False,
             },
-            maxConcurrent=64,
-            resyncPeriod="45s",
-        )
+            "maxConcurrent": 64,
+            "resyncPeriod": "24h",
+        }
     )
-    assert policy.vcenter.ca_secret == "ca"
-    assert policy.vcenter.insecure_skip_verify is True
-    assert policy.tags == (TagRef("a", "y"), TagRef("b", "x"))
+    assert policy.vcenter == "vc-lab"
+    assert policy.tags == (TagRef("a", "1"), TagRef("b", "2"))  # sorted
     assert policy.exclude_tags == (TagRef("security", "exempt"),)
-    assert policy.vtpm is DesiredVTPM.ABSENT
-    assert policy.allow_removal is True
-    assert policy.mode is Mode.AUDIT
+    assert (policy.vtpm, policy.allow_removal, policy.mode) == (DesiredVTPM.ABSENT, True, Mode.AUDIT)
     assert policy.key_provider == "kp-1"
-    assert policy.power.action is PowerAction.SHUTDOWN
-    assert policy.power.shutdown_timeout == 5400.0
-    assert policy.power.force_power_off is True
-    assert policy.power.restore_power_state is False
-    assert policy.max_concurrent == 64
-    assert policy.resync_period == 45.0
+    assert policy.power == PowerPolicy(PowerAction.SHUTDOWN, 5400.0, True, False)
+    assert (policy.max_concurrent, policy.resync_period) == (64, 86400.0)
 
 
-def test_empty_strings_mean_unset() -> None:
-    policy = parse_policy(spec(keyProvider="", vcenter={**MINIMAL["vcenter"], "caSecret": ""}))
-    assert policy.key_provider is None
-    assert policy.vcenter.ca_secret is None
+@pytest.mark.parametrize("value", ["", None])
+def test_empty_key_provider_means_the_default_one(value: Any) -> None:
+    assert parse_policy(spec(keyProvider=value)).key_provider is None
 
 
-def test_duplicate_tags_are_merged() -> None:
-    tag = {"category": "security", "name": "vtpm-required"}
-    assert len(parse_policy(spec(selector={"tags": [tag, dict(tag)]})).tags) == 1
+@pytest.mark.parametrize(("text", "seconds"), [("10s", 10), ("1.5h", 5400), ("1h30m", 5400), ("24h", 86400)])
+def test_duration_bounds_are_inclusive(text: str, seconds: float) -> None:
+    assert parse_policy(spec(resyncPeriod=text)).resync_period == seconds
+    assert parse_policy(spec(powerPolicy={"shutdownTimeout": text})).power.shutdown_timeout == seconds
 
 
-@given(st.integers(-1000, 1000))
-def test_max_concurrent_bounds(n: int) -> None:
-    if 1 <= n <= 64:
-        assert parse_policy(spec(maxConcurrent=n)).max_concurrent == n
-    else:
-        assert "maxConcurrent" in invalid(spec(maxConcurrent=n)).message
+@pytest.mark.parametrize("text", ["9s", "9.9s", "24h0m1s", "1000h", "0s"])
+def test_durations_outside_10s_to_24h_are_refused(text: str) -> None:
+    invalid(spec(resyncPeriod=text), "spec.resyncPeriod")
+    invalid(spec(powerPolicy={"shutdownTimeout": text}), "spec.powerPolicy.shutdownTimeout")
 
 
-@pytest.mark.parametrize(
-    "text,seconds",
-    [("10m", 600.0), ("1h30m", 5400.0), ("45s", 45.0), ("2h", 7200.0), ("1.5h", 5400.0), ("1m30s", 90.0)],
-)
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
+@pytest.mark.parametrize("text", ["soon", "5", "", "5 m", "-5m", "100ms", "1e3s", 300])
+def test_what_is_no_duration_is_refused(text: Any) -> None:
+    invalid(spec(resyncPeriod=text), "spec.resyncPeriod")
 
 
-@pytest.mark.parametrize("text", ["", "10", "m", "10x", "-5m", "10 m", "1d", "10ms", " 10m", "10m ", "h1"])
-def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_duration(text)
-
-
-parts = st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from("hms")), min_size=1, max_size=5)
+parts = st.lists(st.tuples(st.integers(0, 500), st.sampled_from("hms")), min_size=1, max_size=4)
 
 
 @given(parts)
-def test_parse_duration_is_the_sum_of_its_parts(items: list[tuple[int, str]]) -> None:
+def test_a_duration_is_the_sum_of_its_parts(items: list[tuple[int, str]]) -> None:
     text = "".join(f"{n}{unit}" for n, unit in items)
-    assert parse_duration(text) == sum(n * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in items)
+    assert duration_seconds(text) == sum(n * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in items)
 
 
-@pytest.mark.parametrize("field", ["resyncPeriod"])
-@pytest.mark.parametrize("value", ["soon", "5", "", 300])
-def test_bad_resync_period_is_invalid(field: str, value: Any) -> None:
-    invalid(spec(**{field: value}))
+def test_the_inline_vcenter_of_old_objects_says_where_the_connection_moved() -> None:
+    old = {"vcenter": {"server": "vc", "credentialsSecret": "c"}, "selector": {"tags": [TAG]}}
+    problem = invalid(old, "spec.vcenter")
+    assert "cluster-scoped VCenter" in problem.message
+    assert "spec.vcenterRef" in problem.message
+    invalid(spec(vcenter={"server": "vc"}), "spec.vcenter")  # both: still refused
 
 
-@pytest.mark.parametrize("value", ["soon", "5", 600])
-def test_bad_shutdown_timeout_is_invalid(value: Any) -> None:
-    invalid(spec(powerPolicy={"action": "Shutdown", "shutdownTimeout": value}))
+def test_a_tag_in_both_tags_and_exclude_tags_is_refused() -> None:
+    problem = invalid(spec(selector={"tags": [TAG], "excludeTags": [TAG]}), "spec.selector.excludeTags")
+    assert "security/vtpm-required" in problem.message
 
 
-def test_resync_period_has_a_floor() -> None:
-    assert "resyncPeriod" in invalid(spec(resyncPeriod="9s")).message
-    assert parse_policy(spec(resyncPeriod="10s")).resync_period == 10.0
+@pytest.mark.parametrize("field", ["tags", "excludeTags"])
+def test_duplicate_tags_are_refused(field: str) -> None:
+    other = {"category": "security", "name": "other"}
+    selector = {"tags": [other], field: [TAG, dict(TAG)]} if field == "excludeTags" else {field: [TAG, TAG]}
+    invalid(spec(selector=selector), f"spec.selector.{field}")
 
 
-@pytest.mark.parametrize(
-    "selector",
-    [
-        {},
-        {"tags": []},
-        {"tags": None},
-        {"excludeTags": [{"category": "a", "name": "b"}]},
-        {"tags": [{"category": "security"}]},
-        {"tags": [{"name": "vtpm-required"}]},
-        {"tags": [{"category": "", "name": "x"}]},
-        {"tags": [{"category": "a", "name": 5}]},
-    ],
-)
-def test_tags_are_required_and_complete(selector: dict[str, Any]) -> None:
-    invalid(spec(selector=selector))
-
-
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"vcenter": {"credentialsSecret": "c"}},
-        {"vcenter": {"server": "vc"}},
-        {"vcenter": {"server": "", "credentialsSecret": "c"}},
-        {"vcenter": {"server": 42, "credentialsSecret": "c"}},
-        {"vcenter": None},
-        {"vtpm": "present"},
-        {"mode": "DryRun"},
-        {"powerPolicy": {"action": "Reboot"}},
-        {"maxConcurrent": "many"},
-        {"maxConcurrent": None},
-    ],
-)
-def test_invalid_specs(changes: dict[str, Any]) -> None:
-    invalid(spec(**changes))
-
-
-def test_missing_top_level_keys() -> None:
-    invalid({})
-    invalid({"vcenter": MINIMAL["vcenter"]})
-    invalid({"selector": MINIMAL["selector"]})
-
-
-# --- Found bugs: the parser promises InvalidSpec for anything the CRD schema would refuse. ---
-
-
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"selector": None},
-        {"selector": ["security/vtpm-required"]},
-        {"selector": "security/vtpm-required"},
-        {"powerPolicy": "Shutdown"},
-        {"powerPolicy": ["Shutdown"]},
-        {"powerPolicy": True},
-    ],
-)
-def test_non_mapping_sections_are_invalid_spec(changes: dict[str, Any]) -> None:
-    """BUG: policy._parse calls .get on selector/powerPolicy; null (selector) or a non-mapping raises
-    AttributeError, which parse_policy does not turn into PolicyProblem(InvalidSpec); the worker
-    then reports it as a transient VCenterError instead of a Stalled InvalidSpec."""
-    invalid(spec(**changes))
-
-
-@pytest.mark.parametrize("field", ["allowRemoval", "insecureSkipVerify", "forcePowerOff"])
-def test_string_false_never_enables_a_dangerous_switch(field: str) -> None:
-    """BUG: bool("false") is True, so a quoted "false" turns on removal, skipping TLS verification
-    or hard power-off. Only an explicit boolean true may enable them."""
-    if field == "insecureSkipVerify":
-        changed = spec(vcenter={**MINIMAL["vcenter"], field: "false"})
-    elif field == "forcePowerOff":
-        changed = spec(powerPolicy={"action": "Shutdown", field: "false"})
+@pytest.mark.parametrize(("n", "ok"), [(0, False), (1, True), (64, True), (65, False), (True, False)])
+def test_max_concurrent_bounds(n: Any, ok: bool) -> None:
+    if ok:
+        assert parse_policy(spec(maxConcurrent=n)).max_concurrent == n
     else:
-        changed = spec(**{field: "false"})
-    try:
-        policy = parse_policy(changed)
-    except PolicyProblem as problem:
-        assert problem.reason is ProblemReason.INVALID_SPEC
-        return
-    assert not policy.allow_removal
-    assert not policy.vcenter.insecure_skip_verify
-    assert not policy.power.force_power_off
+        invalid(spec(maxConcurrent=n), "spec.maxConcurrent")
+
+
+def test_tag_counts_and_lengths_are_bounded() -> None:
+    many = [{"category": "c", "name": f"t{i}"} for i in range(33)]
+    invalid(spec(selector={"tags": many}), "spec.selector.tags")
+    invalid(spec(selector={"tags": [{"category": "c" * 257, "name": "t"}]}), "spec.selector.tags[0].category")
+    invalid(spec(keyProvider="k" * 256), "spec.keyProvider")
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"selector": {}}, "spec.selector.tags"),
+        ({"selector": {"tags": []}}, "spec.selector.tags"),
+        ({"selector": {"tags": None}}, "spec.selector.tags"),
+        ({"selector": {"tags": [{"category": "security"}]}}, "spec.selector.tags[0].name"),
+        ({"selector": {"tags": [{"category": "", "name": "x"}]}}, "spec.selector.tags[0].category"),
+        ({"selector": {"tags": [{"category": "a", "name": 5}]}}, "spec.selector.tags[0].name"),
+        ({"selector": None}, "spec.selector"),
+        ({"selector": "security/vtpm-required"}, "spec.selector"),
+        ({"vcenterRef": None}, "spec.vcenterRef"),
+        ({"vcenterRef": {"name": "VC_Prod"}}, "spec.vcenterRef.name"),
+        ({"vtpm": "present"}, "spec.vtpm"),
+        ({"mode": "DryRun"}, "spec.mode"),
+        ({"powerPolicy": {"action": "Reboot"}}, "spec.powerPolicy.action"),
+        ({"powerPolicy": "Shutdown"}, "spec.powerPolicy"),
+        ({"maxConcurrent": "4"}, "spec.maxConcurrent"),
+        ({"maxConcurrent": 4.0}, "spec.maxConcurrent"),
+        ({"resyncPeriods": "5m"}, "spec.resyncPeriods"),
+    ],
+)
+def test_invalid_specs_name_the_field(changes: dict[str, Any], field: str) -> None:
+    invalid(spec(**changes), field)
+
+
+def test_a_missing_vcenter_ref_is_named() -> None:
+    invalid({"selector": {"tags": [TAG]}}, "spec.vcenterRef")
+
+
+@pytest.mark.parametrize(
+    ("field", "section"),
+    [("allowRemoval", None), ("forcePowerOff", "powerPolicy"), ("restorePowerState", "powerPolicy")],
+)
+@pytest.mark.parametrize("value", ["false", "true", 0, 1, None])
+def test_only_real_booleans_are_booleans(field: str, section: str | None, value: Any) -> None:
+    """bool("false") is True: a quoted "false" must never turn on removal or a hard power-off."""
+    changed = spec(**({section: {field: value}} if section else {field: value}))
+    path = f"spec.{section}.{field}" if section else f"spec.{field}"
+    invalid(changed, path)
+
+
+def test_several_errors_are_all_named() -> None:
+    problem = invalid(spec(mode="X", maxConcurrent=0), "spec.mode")
+    assert "spec.maxConcurrent: " in problem.message
 
 
 json_values = st.recursive(
@@ -254,6 +204,7 @@ json_values = st.recursive(
 )
 SPEC_KEYS = [
     "vcenter",
+    "vcenterRef",
     "selector",
     "vtpm",
     "allowRemoval",
@@ -267,12 +218,14 @@ SPEC_KEYS = [
 
 @given(key=st.sampled_from(SPEC_KEYS), value=json_values)
 def test_any_spec_gives_a_policy_or_invalid_spec(key: str, value: Any) -> None:
-    """Whatever a user writes into one field, the result is a Policy or PolicyProblem(InvalidSpec)."""
+    """Whatever a user writes into one field, the result is a Policy or InvalidSpec naming that field."""
     try:
         result = parse_policy(spec(**{key: value}))
     except PolicyProblem as problem:
         assert problem.reason is ProblemReason.INVALID_SPEC
+        assert problem.message.startswith(f"spec.{key}"), problem.message
     else:
         assert isinstance(result, Policy)
         assert 1 <= result.max_concurrent <= 64
+        assert 10 <= result.resync_period <= 86400
         assert result.tags

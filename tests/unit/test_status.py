@@ -228,6 +228,8 @@ class TestBuildStatus:
             "blocked": 1,
             "failed": 0,
             "drifted": 0,
+            "excluded": 0,
+            "driftedTotal": 0,
             "remediatedTotal": 1,
         }
         assert status["vms"] == [
@@ -251,16 +253,18 @@ class TestBuildStatus:
             assert status["summary"]["remediatedTotal"] == total
             assert status["summary"]["drifted"] == step
 
-    def test_in_flight_report_does_not_count_as_a_sync(self) -> None:
+    def test_a_report_while_changes_run_is_current_and_keeps_the_totals(self) -> None:
+        """lastSyncTime says when the view was known current, changes in flight or not."""
         status = build_status(
-            {"summary": {"remediatedTotal": 4}},
-            SyncResult((out(1, VMState.PENDING),), in_flight=True),
+            {"summary": {"remediatedTotal": 4, "driftedTotal": 2}},
+            SyncResult((out(1, VMState.PENDING),), in_flight=True, drifted=1),
             generation=1,
             now=T0,
         )
-        assert "lastSyncTime" not in status
+        assert status["lastSyncTime"] == "2026-01-01T00:00:00Z"
         assert status["summary"]["pending"] == 1
         assert status["summary"]["remediatedTotal"] == 4
+        assert status["summary"]["driftedTotal"] == 3
 
     def test_problem_keeps_summary_and_vms_from_before(self) -> None:
         before = build_status(

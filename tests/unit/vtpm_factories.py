@@ -9,17 +9,10 @@ from typing import Any
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from vtpm_operator.api import parse_policy
 from vtpm_operator.facts import HostFacts, Inventory, KeyProvider, PowerState, VMFacts
 from vtpm_operator.planning import Change
-from vtpm_operator.policy import (
-    DesiredVTPM,
-    Mode,
-    Policy,
-    PowerAction,
-    PowerPolicy,
-    TagRef,
-    VCenterRef,
-)
+from vtpm_operator.policy import DesiredVTPM, Mode, Policy, PowerAction
 from vtpm_operator.prerequisites import Action, Reason
 
 # Guest ids whose TPM 2.0 support is known independently of the module under test.
@@ -69,6 +62,16 @@ def make_vm(**overrides: Any) -> VMFacts:
     return VMFacts(**values)
 
 
+MINIMAL_POLICY_SPEC: dict[str, Any] = {
+    "vcenterRef": {"name": "vc-prod"},
+    "selector": {"tags": [{"category": "security", "name": "vtpm-required"}]},
+}
+MINIMAL_VCENTER_SPEC: dict[str, Any] = {
+    "server": "vc.example.com",
+    "credentialsSecretRef": {"name": "vc-prod-creds"},
+}
+
+
 def make_policy(
     *,
     vtpm: DesiredVTPM = DesiredVTPM.PRESENT,
@@ -80,15 +83,19 @@ def make_policy(
     restore_power_state: bool = True,
     max_concurrent: int = 4,
 ) -> Policy:
-    return Policy(
-        vcenter=VCenterRef("vc.example.com", "vcenter-creds"),
-        tags=(TagRef("security", "vtpm-required"),),
+    """A policy with the API's defaults (from the one parser) except what the arguments say."""
+    defaults = parse_policy(MINIMAL_POLICY_SPEC)
+    return dataclasses.replace(
+        defaults,
         vtpm=vtpm,
         allow_removal=allow_removal,
         mode=mode,
         key_provider=key_provider,
-        power=PowerPolicy(
-            action=action, force_power_off=force_power_off, restore_power_state=restore_power_state
+        power=dataclasses.replace(
+            defaults.power,
+            action=action,
+            force_power_off=force_power_off,
+            restore_power_state=restore_power_state,
         ),
         max_concurrent=max_concurrent,
     )
