@@ -11,6 +11,8 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
+from vtpm_operator import crashpoints
+from vtpm_operator.crashpoints import CrashPoint
 from vtpm_operator.facts import PowerState, VMFacts
 from vtpm_operator.planning import Change
 from vtpm_operator.policy import PowerPolicy
@@ -59,8 +61,11 @@ def vtpm_change(ops: ChangeOps, plan: Plan) -> Workflow:
             # crash, a lost connection), the engine finds the debt and powers the VM on.
             ops.set_marker(vm_id, plan.owner_uid)
         yield from shut_down(ops, change.vm, plan.power, plan.task_timeout)
+        crashpoints.reached(CrashPoint.AFTER_SHUTDOWN)
     task = ops.reconfigure(vm_id, change.action, change.vm.vtpm_device_key, plan.key_provider)
     refusal = yield from await_task(ops, task, plan.task_timeout)
+    if refusal is None:
+        crashpoints.reached(CrashPoint.AFTER_RECONFIGURE)
     if change.restore_power:
         yield from power_on(ops, vm_id, plan.task_timeout)
     if refusal is not None:

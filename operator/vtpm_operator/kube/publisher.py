@@ -19,7 +19,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from vtpm_operator import metrics
+from vtpm_operator import crashpoints, metrics
+from vtpm_operator.crashpoints import CrashPoint
 from vtpm_operator.events import Notice
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class KubePublisher:
 
     def _write(self, key: _Key, document: Mapping[str, Any]) -> None:
         namespace, name = key
+        crashpoints.reached(CrashPoint.BEFORE_STATUS_WRITE)
         try:
             if namespace:
                 self.custom.patch_namespaced_custom_object_status(
