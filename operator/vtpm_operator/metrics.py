@@ -27,6 +27,8 @@ M = TypeVar("M", bound=MetricWrapperBase)
 PREFIX = "vtpm_operator"
 POLICY_LABELS = ("policy_namespace", "policy", "vcenter", "mode")
 CONDITION_STATUSES = ("True", "False", "Unknown")
+VCENTER_OUTCOMES = ("success", "fault", "unreachable", "session_expired", "tls_error")
+CHANGE_ACTIONS = ("Add", "Remove", "PowerOn")
 
 # vCenter answers most calls in milliseconds; a full PropertyCollector page of thousands of VMs or
 # a task wait can take tens of seconds.
@@ -97,6 +99,8 @@ REMEDIATIONS = Counter(
     f"{PREFIX}_remediations", "VMs the operator brought to the desired vTPM state.", list(POLICY_LABELS)
 )
 STATUS_WRITES = Counter(f"{PREFIX}_status_writes", "Status writes to the API server by outcome.", ["outcome"])
+for _outcome in ("success", "error"):  # both at 0 from the start: the error ratio needs a baseline
+    STATUS_WRITES.labels(_outcome)
 
 _PER_POLICY: tuple[MetricWrapperBase, ...] = (
     VMS,
@@ -170,6 +174,8 @@ def set_build_info(version: str) -> None:
 
 def observe_vcenter_call(vcenter: str, operation: str, outcome: str, seconds: float) -> None:
     """outcome: success | fault | unreachable | session_expired | tls_error."""
+    for known in VCENTER_OUTCOMES:  # at 0 from the first call on, so that increase() sees the first error
+        _children.vcenter_child(VCENTER_REQUESTS, (vcenter, operation, known))
     _children.vcenter_child(VCENTER_REQUESTS, (vcenter, operation, outcome)).inc()
     _children.vcenter_child(VCENTER_REQUEST_SECONDS, (vcenter, operation)).observe(seconds)
 
@@ -190,6 +196,10 @@ def set_change_queue(vcenter: str, in_flight: int, queued: int) -> None:
 
 
 def set_vcenter(vcenter: str, *, ready: bool, vms: int, lease_held: bool) -> None:
+    # Histograms at 0 before the first observation: rate() needs a sample before it to count it.
+    _children.vcenter_child(FULL_READ_SECONDS, (vcenter,))
+    for action in CHANGE_ACTIONS:
+        _children.vcenter_child(CHANGE_SECONDS, (vcenter, action))
     _children.vcenter_child(VCENTER_READY, (vcenter,)).set(1 if ready else 0)
     _children.vcenter_child(VCENTER_VMS, (vcenter,)).set(vms)
     _children.vcenter_child(LEASE_HELD, (vcenter,)).set(1 if lease_held else 0)

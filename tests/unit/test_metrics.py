@@ -138,6 +138,21 @@ def test_vcenter_calls_count_and_time_by_operation() -> None:
     assert sample("vtpm_operator_vcenter_request_duration_seconds_bucket", **op, le="5.0") == 2.0
 
 
+def test_error_counters_and_histograms_start_at_zero_so_rates_see_their_first_event() -> None:
+    vc = "vc-zero"
+    metrics.set_vcenter(vc, ready=True, vms=1, lease_held=True)
+    metrics.observe_vcenter_call(vc, "Login", "success", 0.1)
+    for outcome in ("fault", "unreachable", "session_expired", "tls_error"):
+        assert (
+            sample("vtpm_operator_vcenter_requests_total", vcenter=vc, operation="Login", outcome=outcome)
+            == 0
+        )
+    assert sample("vtpm_operator_full_read_duration_seconds_count", vcenter=vc) == 0
+    for action in ("Add", "Remove", "PowerOn"):
+        assert sample("vtpm_operator_change_duration_seconds_count", vcenter=vc, action=action) == 0
+    assert sample("vtpm_operator_status_writes_total", outcome="error") is not None
+
+
 def test_vcenter_gauges_changes_and_full_reads() -> None:
     vc = "vc-gauges"
     metrics.set_vcenter(vc, ready=True, vms=120, lease_held=False)
