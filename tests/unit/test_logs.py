@@ -5,15 +5,22 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
+import yaml
 
 from vtpm_operator import logs
 
+CLI = Path(sys.executable).with_name("vtpm-operator")
 BODY = {
     "apiVersion": "vtpm-operator.io/v1alpha1",
     "kind": "VTPMPolicy",
@@ -100,3 +107,44 @@ def test_verbose_lets_debug_through(captured: io.StringIO) -> None:
 def test_an_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="logfmt"):
         logs.formatter("logfmt")
+
+
+def test_the_run_command_logs_kopfs_own_lines_as_json(tmp_path: Path) -> None:
+    # No API server: Kopf starts, then logs its retries against a closed loopback port.
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "x"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    operator = subprocess.Popen(
+        [str(CLI), "run", "-A", "--metrics-port", "0", "--log-format", "json"],
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    records: list[dict[str, Any]] = []
+    try:
+        assert operator.stderr is not None
+        deadline = time.monotonic() + 30
+        while (
+            len([r for r in records if r["logger"].startswith("kopf.")]) < 3 and time.monotonic() < deadline
+        ):
+            line = operator.stderr.readline()
+            if not line:
+                break
+            records.append(json.loads(line))  # every line is one JSON object
+    finally:
+        operator.kill()
+        operator.wait()
+    kopf_lines = [r for r in records if r["logger"].startswith("kopf.")]
+    assert len(kopf_lines) >= 3, records
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
