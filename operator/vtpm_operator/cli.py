@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib.metadata
 import json
 import os
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import durationpy
 
+from vtpm_operator import logs
 from vtpm_operator.api import parse_policy
-from vtpm_operator.planning import VMState, make_plan
-from vtpm_operator.policy import DesiredVTPM, Mode, TagRef
+from vtpm_operator.facts import Inventory
+from vtpm_operator.planning import Plan, VMState, make_plan, pending
+from vtpm_operator.policy import DesiredVTPM, Mode, Policy, TagRef
 from vtpm_operator.problems import PolicyProblem
 from vtpm_operator.vsphere.client import VSphereClient
 from vtpm_operator.vsphere.faults import describe
@@ -50,22 +58,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run.add_argument("--retry-limit", type=int, default=3, help="refusals in a row before RetriesExhausted")
     run.add_argument("--verbose", "-v", action="store_true")
-
-    audit = commands.add_parser("audit", help="one read-only check of a tag selection, without Kubernetes")
-    audit.add_argument("--server", required=True, help="vCenter host or host:port")
-    audit.add_argument("--username", required=True)
-    audit.add_argument(
-        "--password-env",
-        default="VTPM_PASSWORD",
-        help="environment variable holding the password (default %(default)s)",
+    run.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="text",
+        help="text lines, or one JSON object per line (Kopf's own lines too); default %(default)s",
     )
-    audit.add_argument("--ca-file", type=Path, help="CA that signs vCenter's certificate")
-    audit.add_argument("--insecure-skip-verify", action="store_true")
-    audit.add_argument("--tag", action="append", required=True, metavar="CATEGORY/NAME", type=_tag)
-    audit.add_argument("--exclude-tag", action="append", default=[], metavar="CATEGORY/NAME", type=_tag)
-    audit.add_argument("--vtpm", choices=[d.value for d in DesiredVTPM], default=DesiredVTPM.PRESENT.value)
-    audit.add_argument("--key-provider", default=None)
-    audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    _audit_arguments(
+        commands.add_parser(
+            "audit",
+            help="a read-only report of a tag selection or of a policy's, straight from vCenter",
+            description="Exit code: 0 every selected VM complies, 1 some do not, 2 nothing could be read.",
+        )
+    )
 
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -94,7 +100,8 @@ def _run(args: argparse.Namespace) -> int:
     from vtpm_operator import metrics
     from vtpm_operator.engine.engine import EngineSettings
 
-    kopf.configure(verbose=args.verbose)  # sets up the root logger for our modules too
+    logs.configure(args.log_format, verbose=args.verbose)  # Kopf's lines and ours, in one format
+    metrics.set_build_info(importlib.metadata.version("vtpm-operator"))
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
     settings = EngineSettings(
@@ -117,20 +124,69 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_spec(args: argparse.Namespace) -> dict[str, Any]:
-    """The VTPMPolicy spec the audit flags stand for (no VCenter object: the flags are the connection)."""
-    spec: dict[str, Any] = {
-        "vcenterRef": {"name": "audit"},
-        "selector": {
-            "tags": [{"category": t.category, "name": t.name} for t in args.tag],
-            "excludeTags": [{"category": t.category, "name": t.name} for t in args.exclude_tag],
-        },
-        "vtpm": args.vtpm,
-        "mode": Mode.AUDIT.value,
-    }
-    if args.key_provider:
-        spec["keyProvider"] = args.key_provider
-    return spec
+# --- audit ---------------------------------------------------------------------------------------
+# A full report needs no storage and no cluster rights beyond `get` on one policy: the verdicts are
+# computed here, straight from vCenter, with the caller's own vCenter credentials.
+
+POLICY_API = ("vtpm-operator.io", "v1alpha1", "vtpmpolicies")  # group, version, plural
+CSV_COLUMNS = (
+    "vcenter", "vm_name", "vm_id", "state", "reasons", "message",
+    "host", "guest_os", "hardware_version", "firmware", "power_state",
+)  # fmt: skip
+PROGRESS_SECONDS = 1.0
+
+
+def _audit_arguments(audit: argparse.ArgumentParser) -> None:
+    audit.add_argument("--server", required=True, help="vCenter host or host:port")
+    audit.add_argument("--username", required=True)
+    audit.add_argument(
+        "--password-env",
+        default="VTPM_PASSWORD",
+        help="environment variable holding the password (default %(default)s)",
+    )
+    audit.add_argument("--ca-file", type=Path, help="CA that signs vCenter's certificate")
+    audit.add_argument("--insecure-skip-verify", action="store_true")
+    audit.add_argument(
+        "--from-policy",
+        metavar="NAMESPACE/NAME",
+        help="take the selector, vtpm, keyProvider and allowRemoval from this VTPMPolicy (needs only get)",
+    )
+    audit.add_argument("--kubeconfig", type=Path, help="for --from-policy; default $KUBECONFIG or in-cluster")
+    audit.add_argument("--tag", action="append", default=[], metavar="CATEGORY/NAME", type=_tag)
+    audit.add_argument("--exclude-tag", action="append", default=[], metavar="CATEGORY/NAME", type=_tag)
+    audit.add_argument("--vtpm", choices=[d.value for d in DesiredVTPM], default=None)
+    audit.add_argument("--key-provider", default=None)
+    audit.add_argument("--allow-removal", action="store_true", default=None)
+    audit.add_argument("--output", "-o", choices=("table", "json", "csv"), default="table")
+    audit.add_argument("--json", action="store_const", const="json", dest="output", help=argparse.SUPPRESS)
+
+
+@dataclass(frozen=True)
+class AuditSelection:
+    tags: tuple[TagRef, ...]
+    exclude_tags: tuple[TagRef, ...]
+    vtpm: DesiredVTPM
+    key_provider: str | None
+    allow_removal: bool
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    vcenter: str
+    vm_name: str
+    vm_id: str
+    state: str
+    reasons: tuple[str, ...]
+    message: str
+    host: str
+    guest_os: str
+    hardware_version: str
+    firmware: str
+    power_state: str
+
+
+class AuditError(Exception):
+    """The selection could not be had: a bad flag combination or an unreadable policy (exit 2)."""
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -139,10 +195,11 @@ def _audit(args: argparse.Namespace) -> int:
     if not password:
         print(f"set the password in ${args.password_env}", file=sys.stderr)
         return 2
-    try:  # through the API's parser: the same defaults and rules as a VTPMPolicy
-        policy = parse_policy(_audit_spec(args))
-    except PolicyProblem as problem:
-        print(f"{problem.reason}: {problem.message}", file=sys.stderr)
+    try:
+        selection = _selection_from_policy(args) if args.from_policy else _selection_from_flags(args)
+        policy = _audit_policy(selection)
+    except AuditError as error:
+        print(f"audit: {error}", file=sys.stderr)
         return 2
     endpoint = Endpoint(
         args.server,
@@ -150,8 +207,11 @@ def _audit(args: argparse.Namespace) -> int:
         insecure_skip_verify=args.insecure_skip_verify,
     )
     vsphere = VSphereClient(VCenterSession(endpoint, Credentials(args.username, password)))
+    started = time.monotonic()
     try:
-        plan = make_plan(vsphere.read_inventory(policy), policy)
+        with _progress(f"reading the inventory of {args.server}", sys.stderr):
+            inventory = vsphere.read_inventory(policy)
+        plan = make_plan(inventory, policy)
     except PolicyProblem as problem:
         print(f"{problem.reason}: {problem.message}", file=sys.stderr)
         return 2
@@ -160,36 +220,220 @@ def _audit(args: argparse.Namespace) -> int:
         return 2
     finally:
         vsphere.close()
-    rows = sorted(plan.outcomes, key=lambda o: (o.name, o.id))
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "vms": [
-                        {
-                            "name": o.name,
-                            "id": o.id,
-                            "state": o.state.value,
-                            "reasons": list(o.reasons),
-                            "message": o.message,
-                        }
-                        for o in rows
-                    ],
-                    "notes": [{"reason": n.reason.value, "message": n.message} for n in plan.notes],
-                },
-                indent=2,
+    rows = _report_rows(args.server, inventory, plan)
+    print(
+        f"audit: {len(rows)} VMs selected, {inventory.excluded} excluded,"
+        f" read in {time.monotonic() - started:.1f} s",
+        file=sys.stderr,
+    )
+    _print_report(args.output, rows, plan, sys.stdout)
+    return 0 if all(row.state == VMState.COMPLIANT for row in rows) else 1
+
+
+def _audit_policy(selection: AuditSelection) -> Policy:
+    """Audit mode whatever the policy says: the report changes nothing. Built through the API's
+    parser, so that its defaults and rules are a VTPMPolicy's (the flags are the connection)."""
+    spec: dict[str, Any] = {
+        "vcenterRef": {"name": "audit"},
+        "selector": {
+            "tags": [{"category": t.category, "name": t.name} for t in selection.tags],
+            "excludeTags": [{"category": t.category, "name": t.name} for t in selection.exclude_tags],
+        },
+        "vtpm": selection.vtpm.value,
+        "allowRemoval": selection.allow_removal,
+        "mode": Mode.AUDIT.value,
+    }
+    if selection.key_provider:
+        spec["keyProvider"] = selection.key_provider
+    try:
+        return parse_policy(spec)
+    except PolicyProblem as problem:
+        raise AuditError(f"{problem.reason}: {problem.message}") from None
+
+
+def _selection_from_flags(args: argparse.Namespace) -> AuditSelection:
+    if not args.tag:
+        raise AuditError("give --tag (at least one) or --from-policy NAMESPACE/NAME")
+    return AuditSelection(
+        tags=tuple(sorted(set(args.tag))),
+        exclude_tags=tuple(sorted(set(args.exclude_tag))),
+        vtpm=DesiredVTPM(args.vtpm or DesiredVTPM.PRESENT),
+        key_provider=args.key_provider,
+        allow_removal=bool(args.allow_removal),
+    )
+
+
+def _selection_from_policy(args: argparse.Namespace) -> AuditSelection:
+    clashing = [
+        flag
+        for flag, value in (
+            ("--tag", args.tag),
+            ("--exclude-tag", args.exclude_tag),
+            ("--vtpm", args.vtpm),
+            ("--key-provider", args.key_provider),
+            ("--allow-removal", args.allow_removal),
+        )
+        if value
+    ]
+    if clashing:
+        raise AuditError(f"--from-policy takes the selection from the policy; drop {', '.join(clashing)}")
+    namespace, _, name = args.from_policy.partition("/")
+    if not namespace or not name or "/" in name:
+        raise AuditError(f"--from-policy {args.from_policy!r} is not NAMESPACE/NAME")
+    spec = _read_policy_spec(namespace, name, args.kubeconfig)
+    try:
+        return _selection_from_spec(spec)
+    except (TypeError, ValueError) as error:
+        raise AuditError(f"policy {namespace}/{name}: {error}") from None
+
+
+def _read_policy_spec(namespace: str, name: str, kubeconfig: Path | None) -> Mapping[str, Any]:
+    """One `get` on the policy, as whoever the kubeconfig (or the pod's ServiceAccount) names."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        # The kubernetes client is untyped; these two calls only load a configuration.
+        api = config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        api = client.ApiClient()
+    group, version, plural = POLICY_API
+    try:
+        body = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            group, version, namespace, plural, name
+        )
+    except ApiException as error:
+        what = {403: "may not be read with these credentials", 404: "was not found"}.get(
+            error.status, f"could not be read ({error.status} {error.reason})"
+        )
+        raise AuditError(f"VTPMPolicy {namespace}/{name} {what}") from None
+    finally:
+        api.close()
+    spec = body.get("spec") if isinstance(body, Mapping) else None
+    if not isinstance(spec, Mapping):
+        raise AuditError(f"VTPMPolicy {namespace}/{name} has no spec")
+    return spec
+
+
+def _selection_from_spec(spec: Mapping[str, Any]) -> AuditSelection:
+    """Only the fields a verdict needs, read defensively: the rest of the spec (where the vCenter
+    connection lives, power settings) may change shape without touching the report."""
+    selector = spec.get("selector")
+    if not isinstance(selector, Mapping):
+        raise ValueError("spec.selector is missing")
+    tags = _spec_tags(selector.get("tags"), "spec.selector.tags")
+    if not tags:
+        raise ValueError("spec.selector.tags is empty")
+    key_provider = spec.get("keyProvider")
+    allow_removal = spec.get("allowRemoval", False)
+    if not isinstance(allow_removal, bool):
+        raise ValueError(f"spec.allowRemoval must be true or false, not {allow_removal!r}")
+    return AuditSelection(
+        tags=tags,
+        exclude_tags=_spec_tags(selector.get("excludeTags"), "spec.selector.excludeTags"),
+        vtpm=DesiredVTPM(spec.get("vtpm", DesiredVTPM.PRESENT)),
+        key_provider=key_provider if isinstance(key_provider, str) and key_provider else None,
+        allow_removal=allow_removal,
+    )
+
+
+def _spec_tags(items: Any, where: str) -> tuple[TagRef, ...]:
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise ValueError(f"{where} must be a list")
+    tags = set()
+    for item in items:
+        if not isinstance(item, Mapping) or not item.get("category") or not item.get("name"):
+            raise ValueError(f"{where} holds {item!r}, not {{category, name}}")
+        tags.add(TagRef(str(item["category"]), str(item["name"])))
+    return tuple(sorted(tags))
+
+
+@contextmanager
+def _progress(what: str, stream: TextIO) -> Iterator[None]:
+    """A line on `stream` now and every second until the block ends (in place on a terminal)."""
+    in_place = stream.isatty()
+    started = time.monotonic()
+    done = threading.Event()
+
+    def say(text: str) -> None:
+        print(f"\raudit: {text}" if in_place else f"audit: {text}", end="" if in_place else "\n", file=stream)
+        stream.flush()
+
+    def tick() -> None:
+        while not done.wait(PROGRESS_SECONDS):
+            say(f"{what}... {time.monotonic() - started:.0f} s")
+
+    say(f"{what}...")
+    ticker = threading.Thread(target=tick, name="audit-progress", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
+        if in_place:
+            print(file=stream)
+
+
+def _report_rows(server: str, inventory: Inventory, plan: Plan) -> list[ReportRow]:
+    facts = {vm.id: vm for vm in inventory.vms}
+    outcomes = [*plan.outcomes, *(pending(change) for change in plan.changes)]
+    rows = []
+    for outcome in sorted(outcomes, key=lambda o: (o.name, o.id)):
+        vm = facts.get(outcome.id)
+        host = inventory.hosts.get(vm.host_id) if vm and vm.host_id else None
+        rows.append(
+            ReportRow(
+                vcenter=server,
+                vm_name=outcome.name,
+                vm_id=outcome.id,
+                state=outcome.state.value,
+                reasons=tuple(outcome.reasons),
+                message=outcome.message,
+                host=host.name if host else "",
+                guest_os=vm.guest_id if vm else "",
+                hardware_version=f"vmx-{vm.hardware_version}" if vm else "",
+                firmware=vm.firmware if vm else "",
+                power_state=vm.power_state.value if vm else "",
             )
         )
+    return rows
+
+
+def _print_report(output: str, rows: list[ReportRow], plan: Plan, stream: TextIO) -> None:
+    if output == "csv":
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            writer.writerow(
+                [";".join(value) if isinstance(value, tuple) else value for value in _fields(row)]
+            )
+    elif output == "json":
+        report = {
+            "vms": [{"name": r.vm_name, "id": r.vm_id, **_json_fields(r)} for r in rows],
+            "notes": [{"reason": n.reason.value, "message": n.message} for n in plan.notes],
+        }
+        print(json.dumps(report, indent=2), file=stream)
     else:
-        print(
-            _table(
-                ["NAME", "ID", "STATE", "REASONS", "MESSAGE"],
-                [[o.name, o.id, o.state.value, ",".join(o.reasons) or "-", o.message or "-"] for o in rows],
-            )
-        )
+        header = ["NAME", "ID", "STATE", "REASONS", "MESSAGE"]
+        cells = [[r.vm_name, r.vm_id, r.state, ",".join(r.reasons) or "-", r.message or "-"] for r in rows]
+        print(_table(header, cells), file=stream)
         for note in plan.notes:
-            print(f"\n{note.reason}: {note.message}")
-    return 0 if all(o.state is VMState.COMPLIANT for o in rows) else 1
+            print(f"\n{note.reason}: {note.message}", file=stream)
+
+
+def _fields(row: ReportRow) -> list[Any]:
+    return [getattr(row, column) for column in CSV_COLUMNS]
+
+
+def _json_fields(row: ReportRow) -> dict[str, Any]:
+    fields = dict(zip(CSV_COLUMNS, _fields(row), strict=True))
+    del fields["vm_name"], fields["vm_id"]
+    fields["reasons"] = list(row.reasons)
+    return fields
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

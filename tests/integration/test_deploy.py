@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
+import json
 import os
 import re
 import subprocess
@@ -25,22 +27,34 @@ GROUP, VERSION, PLURAL = "vtpm-operator.io", "v1alpha1", "vtpmpolicies"
 
 ALERTS = {
     "VTPMPolicyNotCompliant",
+    "VTPMPolicyAuditFindings",
     "VTPMPolicyStalled",
     "VTPMPolicySyncStale",
-    "VTPMOperatorReconcileErrors",
-    "VTPMOperatorDown",
     "VTPMPolicyDrift",
+    "VTPMOperatorVCenterErrors",
+    "VTPMOperatorStatusWriteErrors",
+    "VTPMVCenterUnmanaged",
+    "VTPMOperatorDown",
 }
-METRICS = {
-    "vtpm_operator_reconcile_total",
-    "vtpm_operator_reconcile_duration_seconds",
-    "vtpm_operator_vms",
-    "vtpm_operator_vms_drifted",
-    "vtpm_operator_remediations_total",
-    "vtpm_operator_vcenter_requests_total",
-    "vtpm_operator_last_successful_sync_timestamp_seconds",
-    "vtpm_operator_policy_condition",
-}
+RULES = 10  # VTPMPolicySyncStale has two: stale, and never synced
+RUNBOOK = REPO / "docs" / "runbook.md"
+
+
+def exported_metrics() -> set[str]:
+    """Every sample name vtpm_operator.metrics can export (counters' _total, histograms' parts)."""
+    from prometheus_client import REGISTRY
+
+    from vtpm_operator import metrics  # noqa: F401  (registers the families)
+
+    names: set[str] = set()
+    for family in REGISTRY.collect():
+        if family.name.startswith("vtpm_operator_"):
+            suffixes = {
+                "counter": ["_total"],
+                "histogram": ["_bucket", "_sum", "_count"],
+            }.get(family.type, [""])
+            names |= {family.name + suffix for suffix in suffixes}
+    return names
 
 
 def load(path: Path) -> Any:
@@ -61,7 +75,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", "rules.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout
+    assert f"SUCCESS: {RULES} rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -70,23 +84,49 @@ def test_promtool_unit_tests_pass() -> None:
     assert "SUCCESS" in result.stdout
 
 
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in load(MONITORING / "rules.yaml")["groups"] for rule in group["rules"]]
+
+
 def test_rules_define_exactly_the_alerts() -> None:
-    rules = [rule for group in load(MONITORING / "rules.yaml")["groups"] for rule in group["rules"]]
+    rules = alert_rules()
     assert {rule["alert"] for rule in rules} == ALERTS
-    assert len(rules) == len(ALERTS)
+    assert len(rules) == RULES
     for rule in rules:
-        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert rule["labels"]["severity"] in {"info", "warning", "critical"}
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
-    assert next(r for r in rules if r["alert"] == "VTPMPolicyNotCompliant")["for"] == "15m"
+    hold = {rule["alert"]: rule.get("for") for rule in rules}
+    assert hold["VTPMPolicyNotCompliant"] == "15m"
+    assert hold["VTPMPolicyStalled"] == "1h"  # a backup snapshot lives an hour: no page
+    assert hold["VTPMPolicyDrift"] is None  # from a counter: at once
+    assert next(r for r in rules if r["alert"] == "VTPMPolicyAuditFindings")["labels"]["severity"] == "info"
 
 
-def test_rules_use_only_exported_metrics() -> None:
+def runbook_anchors() -> set[str]:
+    """GitHub's anchors for the runbook's headings: lower case, spaces to dashes, punctuation dropped."""
+    headings = re.findall(r"^#+ (.+)$", RUNBOOK.read_text(), re.M)
+    return {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_alert_links_its_runbook_section() -> None:
+    anchors = runbook_anchors()
+    for rule in alert_rules():
+        path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert path == "docs/runbook.md", rule["alert"]
+        assert anchor == rule["alert"].lower() and anchor in anchors, rule["alert"]
+
+
+def test_rules_and_dashboard_use_only_exported_metrics() -> None:
+    exported = exported_metrics()
     used: set[str] = set()
-    for group in load(MONITORING / "rules.yaml")["groups"]:
-        for rule in group["rules"]:
-            used |= set(re.findall(r"\bvtpm_operator_[a-z_]+", rule["expr"]))
-    assert used, "no operator metric used"
-    assert used <= METRICS, used - METRICS
+    for rule in alert_rules():
+        used |= set(re.findall(r"\bvtpm_operator_[a-z_]+", rule["expr"]))
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used |= set(re.findall(r"\bvtpm_operator_[a-z_]+", target["expr"]))
+    assert len(used) > 10, used
+    assert used <= exported, used - exported
 
 
 def test_rule_unit_tests_cover_every_alert_firing_and_silent() -> None:
@@ -99,11 +139,44 @@ def test_rule_unit_tests_cover_every_alert_firing_and_silent() -> None:
     assert silent == ALERTS
 
 
+def test_no_policy_alert_looks_for_missing_series() -> None:
+    # With replicas a standby exports no policy series: only the whole job may be absent().
+    for rule in alert_rules():
+        if "absent(" in rule["expr"]:
+            assert rule["alert"] == "VTPMOperatorDown" and 'up{job="vtpm-operator"}' in rule["expr"]
+
+
 def test_prometheusrule_matches_plain_rules_file() -> None:
     rule = load(MONITORING / "prometheusrule.yaml")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["kind"] == "PrometheusRule"
     assert rule["spec"]["groups"] == load(MONITORING / "rules.yaml")["groups"]
+
+
+def test_servicemonitor_scrapes_the_metrics_service() -> None:
+    monitor = load(MONITORING / "servicemonitor.yaml")
+    service = load(DEPLOY / "service.yaml")
+    assert monitor["kind"] == "ServiceMonitor"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    # The job label the Prometheus Operator gives is the Service's name; VTPMOperatorDown needs it.
+    assert service["metadata"]["name"] == "vtpm-operator"
+
+
+def test_monitoring_kustomization_renders(kubectl: Any) -> None:
+    result = kubectl("kustomize", str(MONITORING))
+    assert result.stderr == ""
+    docs = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(result.stdout) if d}
+    assert docs == {
+        ("PrometheusRule", "vtpm-operator"),
+        ("ServiceMonitor", "vtpm-operator"),
+        ("ConfigMap", "vtpm-operator-dashboard"),
+    }
+    dashboard = next(d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "ConfigMap")
+    assert dashboard["metadata"]["labels"] == {"grafana_dashboard": "1"}
+    assert json.loads(dashboard["data"]["grafana-dashboard.json"])["uid"] == "vtpm-operator"
 
 
 # --- Argo CD health -------------------------------------------------------------------------------
@@ -341,6 +414,7 @@ def test_kustomization_applies_with_server_dry_run(kubectl: Any, namespace: str,
         "rolebinding.rbac.authorization.k8s.io/vtpm-operator",
         "deployment.apps/vtpm-operator",
         "service/vtpm-operator",
+        "networkpolicy.networking.k8s.io/vtpm-operator",
     ):
         assert re.search(
             rf"^{re.escape(obj)} (created|configured|unchanged) \(server dry run\)$", out, re.M
@@ -364,6 +438,178 @@ def test_example_applies(crd_installed: str, kubectl: Any) -> None:
             assert re.search(rf"^{re.escape(obj)} (created|configured|unchanged)$", out, re.M), out
     finally:
         kubectl("delete", "-k", str(DEPLOY / "example"), "--wait=false", check=False)
+
+
+def test_deploy_renders_cleanly_and_applies_server_side(kubectl: Any, namespace: str, tmp_path: Path) -> None:
+    rendered = kubectl("kustomize", str(DEPLOY))
+    assert rendered.stderr == ""  # no deprecation or other warnings
+    # The PodDisruptionBudget is policy/v1 (1.21+): the 1.20 test server cannot take it.
+    objects = [
+        (d["kind"], d["metadata"]["name"])
+        for d in yaml.safe_load_all(rendered.stdout)
+        if d and d["kind"] != "PodDisruptionBudget"
+    ]
+    # A suffix keeps the cluster-scoped objects apart from other tests' on the same API server.
+    suffix = f"-{namespace}"
+    (tmp_path / "drop-pdb.yaml").write_text(
+        yaml.safe_dump(
+            {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "vtpm-operator"},
+             "$patch": "delete"}
+        )
+    )  # fmt: skip
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "namespace": namespace,
+                "nameSuffix": suffix,
+                "resources": [os.path.relpath(DEPLOY, tmp_path)],
+                "patchesStrategicMerge": ["drop-pdb.yaml"],
+            }
+        )
+    )
+    try:
+        applied = kubectl("apply", "--server-side", "--field-manager=vtpm-test", "-k", str(tmp_path))
+        lines = applied.stdout.splitlines()
+        assert len(lines) == len(objects) and all(line.endswith(" serverside-applied") for line in lines)
+        for kind, name in objects:
+            if kind == "Namespace":
+                continue
+            got = kubectl(
+                "get", kind.lower(), f"{name}{suffix}", "-n", namespace, "-o", "yaml", "--show-managed-fields"
+            ).stdout
+            managers = [m["manager"] for m in yaml.safe_load(got)["metadata"]["managedFields"]]
+            assert "vtpm-test" in managers, (kind, managers)
+    finally:
+        for kind, name in objects:
+            if kind.startswith("Cluster"):
+                kubectl("delete", kind.lower(), f"{name}{suffix}", "--ignore-not-found", check=False)
+
+
+# --- NetworkPolicy: nothing here enforces it, so the stored rules are checked against the needs ---------
+
+
+def resolve_port(port: int | str, named: dict[str, int]) -> int:
+    return named[port] if isinstance(port, str) else port
+
+
+def peer_matches(peers: list[dict[str, Any]] | None, address: str) -> bool:
+    """No peers: anywhere. Only ipBlocks can name the addresses outside the cluster we ask about."""
+    if not peers:
+        return True
+    ip = ipaddress.ip_address(address)
+    blocks = [peer["ipBlock"] for peer in peers if peer.get("ipBlock")]
+    return any(
+        ip in ipaddress.ip_network(block["cidr"])
+        and not any(ip in ipaddress.ip_network(c) for c in block.get("except") or [])
+        for block in blocks
+    )
+
+
+def allows(
+    rules: list[dict[str, Any]], port: int, protocol: str, named: dict[str, int], peer_key: str, address: str
+) -> bool:
+    """Whether any rule of a NetworkPolicy direction admits this port, protocol and peer address."""
+    for rule in rules:
+        if not peer_matches(rule.get(peer_key), address):
+            continue
+        ports = rule.get("ports") or [{"port": port, "protocol": protocol}]  # no ports: every port
+        for entry in ports:
+            first = resolve_port(entry["port"], named)
+            if entry.get("protocol", "TCP") == protocol and first <= port <= entry.get("endPort", first):
+                return True
+    return False
+
+
+def container_ports() -> dict[str, int]:
+    (container,) = find("Deployment")["spec"]["template"]["spec"]["containers"]
+    return {p["name"]: p["containerPort"] for p in container["ports"]}
+
+
+# (direction, port, protocol): what the operator needs; a vCenter at 192.0.2.10 (documentation range).
+NEEDS = [
+    ("egress", 53, "UDP"), ("egress", 53, "TCP"),  # DNS
+    ("egress", 443, "TCP"), ("egress", 6443, "TCP"),  # API server: Service port, common endpoint port
+    ("ingress", 9100, "TCP"), ("ingress", 8080, "TCP"),  # metrics, probes
+]  # fmt: skip
+NOT_NEEDED = [("egress", 22, "TCP"), ("egress", 80, "TCP"), ("egress", 5432, "TCP"), ("ingress", 22, "TCP")]
+VCENTER = "192.0.2.10"
+
+
+def stored_networkpolicy(kube_api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    stored = client.NetworkingV1Api(kube_api).read_namespaced_network_policy(name, namespace)
+    spec: dict[str, Any] = kube_api.sanitize_for_serialization(stored)["spec"]
+    return spec
+
+
+def verdicts(spec: dict[str, Any], cases: list[tuple[str, int, str]], address: str) -> list[bool]:
+    named = container_ports()
+    return [
+        allows(
+            spec.get(direction) or [],
+            port,
+            protocol,
+            named,
+            "to" if direction == "egress" else "from",
+            address,
+        )
+        for direction, port, protocol in cases
+    ]
+
+
+def test_networkpolicy_applies_server_side_and_covers_the_operators_needs(
+    kubectl: Any, kube_api: client.ApiClient, namespace: str
+) -> None:
+    out = kubectl("apply", "--server-side", "-n", namespace, "-f", str(DEPLOY / "networkpolicy.yaml")).stdout
+    assert "networkpolicy.networking.k8s.io/vtpm-operator serverside-applied" in out
+    spec = stored_networkpolicy(kube_api, namespace, "vtpm-operator")
+    assert (
+        spec["podSelector"]["matchLabels"].items()
+        <= find("Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    assert all(verdicts(spec, NEEDS, VCENTER)), list(zip(NEEDS, verdicts(spec, NEEDS, VCENTER), strict=True))
+    assert not any(verdicts(spec, NOT_NEEDED, VCENTER))
+
+
+def test_networkpolicy_vcenter_ports_are_a_kustomize_knob(
+    kubectl: Any, kube_api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    # The overlay of the manifest's own comment: vCenters on 10.20.0.0/24, ports 443 and 8443.
+    # (kustomize reads single files only from inside the overlay, so the manifest is copied there.)
+    (tmp_path / "networkpolicy.yaml").write_text((DEPLOY / "networkpolicy.yaml").read_text())
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "namespace": namespace,
+                "resources": ["networkpolicy.yaml"],
+                "patches": [
+                    {
+                        "target": {"kind": "NetworkPolicy", "name": "vtpm-operator"},
+                        "patch": yaml.safe_dump(
+                            [
+                                {
+                                    "op": "replace",
+                                    "path": "/spec/egress/2",
+                                    "value": {
+                                        "to": [{"ipBlock": {"cidr": "10.20.0.0/24"}}],
+                                        "ports": [
+                                            {"port": 443, "protocol": "TCP"},
+                                            {"port": 8443, "protocol": "TCP"},
+                                        ],
+                                    },
+                                }
+                            ]
+                        ),
+                    }
+                ],
+            }
+        )
+    )
+    kubectl("apply", "--server-side", "-k", str(tmp_path))
+    spec = stored_networkpolicy(kube_api, namespace, "vtpm-operator")
+    assert verdicts(spec, [("egress", 8443, "TCP")], "10.20.0.7") == [True]
+    assert verdicts(spec, [("egress", 8443, "TCP")], VCENTER) == [False]  # not one of the vCenters
+    assert all(verdicts(spec, NEEDS, VCENTER))  # DNS, the API server and the probes untouched
 
 
 # RBAC: the ClusterRole bound to the ServiceAccount in a test namespace, then real requests made while

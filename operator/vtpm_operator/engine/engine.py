@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from vtpm_operator.engine.views import Fleet, PolicyView
 from vtpm_operator.engine.workflow import Plan, pay_debt, vtpm_change
 from vtpm_operator.events import Notice, notices_for
 from vtpm_operator.facts import About, KeyProvider, VMFacts
-from vtpm_operator.planning import Change, decide, pending
+from vtpm_operator.planning import Change, VMState, decide, pending
 from vtpm_operator.policy import DesiredVTPM, Mode, Policy
 from vtpm_operator.prerequisites import choose_key_provider, evaluate
 from vtpm_operator.problems import PolicyProblem, ProblemReason
@@ -114,6 +115,7 @@ class Engine:
         self.selections: dict[str, _Selection] = {}
         self.last_reports: dict[str, SyncResult | PolicyProblem] = {}
         self.written: dict[str, tuple[dict[str, Any], float]] = {}  # key → (document sans time, when)
+        self.synced_at: dict[str, float] = {}  # key → when its view was last known current
         self.problem: PolicyProblem | None = None  # why vCenter cannot be read now
         self.about: About | None = None
         self.session: VCenterSession | None = None
@@ -166,6 +168,7 @@ class Engine:
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
         failures = 0
+        metrics.set_vcenter(self.name, ready=False, vms=0, lease_held=False)  # until the lease is held
         while not self.stop_event.is_set():
             self._drain()
             if self.draining_until is not None:
@@ -223,6 +226,7 @@ class Engine:
         for entry in self.policies.values():
             metrics.forget_policy(entry.namespace, entry.name)
         metrics.forget_vcenter(self.name)
+        metrics.set_vcenter(self.name, ready=False, vms=0, lease_held=False)
 
     def _drained(self) -> bool:
         """Draining: True once nothing submitted is still awaited, or the grace period is over."""
@@ -634,6 +638,12 @@ class Engine:
                 self._publish_policy(entry, outcome, now)
         self._publish_vcenter(now)
         metrics.set_change_queue(self.name, len(self.queue.flights), len(self.queue.queued))
+        metrics.set_vcenter(
+            self.name,
+            ready=self.problem is None and self.fleet_ready,
+            vms=len(self.live.vms) if self.live is not None else 0,
+            lease_held=True,
+        )
 
     def _outcome(self, key: str, entry: PolicyEntry, now: float) -> SyncResult | PolicyProblem | None:
         """What to show for the policy now, or None when nothing is worth a new status."""
@@ -682,13 +692,19 @@ class Engine:
     ) -> None:
         labels = (entry.namespace, entry.name, self.name, entry.policy.mode.value)
         summary = document.get("summary") or {}
+        blocked: Counter[str] = Counter()
+        if isinstance(outcome, SyncResult):
+            self.synced_at[entry.key] = self.current_at or time.time()
+            blocked.update(r for o in outcome.outcomes if o.state is VMState.BLOCKED for r in o.reasons)
         metrics.publish_policy(
-            *labels[:2],
+            entry.namespace,
+            entry.name,
             vcenter=self.name,
             mode=entry.policy.mode.value,
             states={state: int(summary.get(field, 0)) for state, field in _SUMMARY_FIELDS.items()},
             conditions={c["type"]: c["status"] for c in document.get("conditions") or []},
-            last_sync=self.current_at if isinstance(outcome, SyncResult) else None,
+            last_sync=self.synced_at.get(entry.key),
+            blocked_reasons=blocked if isinstance(outcome, SyncResult) else None,
         )
         if isinstance(outcome, SyncResult) and outcome.drifted:
             metrics.count_drift(*labels, outcome.drifted)
