@@ -32,6 +32,7 @@ type restObject struct {
 }
 
 func (h *interceptor) serveREST(w http.ResponseWriter, r *http.Request) {
+	h.st.count(restCallName(r))
 	if !sleepCtx(r, h.st.auth.latencyFor("rest")) {
 		return
 	}
@@ -194,4 +195,20 @@ func (h *interceptor) restGet(orig *http.Request, method, url string, body []byt
 		return false
 	}
 	return json.Unmarshal(rec.Body.Bytes(), out) == nil
+}
+
+// restCallName names a REST call for the call counters, ids left out, so that tests can count
+// them like SOAP methods: "GET tagging/category", "POST tagging/tag-association:list-attached-objects-on-tags".
+func restCallName(r *http.Request) string {
+	var parts []string
+	for _, part := range strings.Split(strings.TrimPrefix(r.URL.Path, "/rest/com/vmware/cis/"), "/") {
+		if part != "" && !strings.HasPrefix(part, "id:") {
+			parts = append(parts, part)
+		}
+	}
+	name := r.Method + " " + strings.Join(parts, "/")
+	if action := r.URL.Query().Get("~action"); action != "" {
+		name += ":" + action
+	}
+	return name
 }

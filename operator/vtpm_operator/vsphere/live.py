@@ -116,8 +116,11 @@ def marker_value(custom_values: Any, key: int | None) -> str:
 class LiveInventory:
     """Facts of every VM and host of one vCenter, kept current by WaitForUpdatesEx."""
 
-    def __init__(self, session: VCenterSession, marker_key: Callable[[], int | None]) -> None:
+    def __init__(
+        self, session: VCenterSession, marker_key: Callable[[], int | None], page_objects: int = PAGE_OBJECTS
+    ) -> None:
         self.session = session
+        self.page_objects = page_objects
         self.marker_key = marker_key
         self.vms: dict[str, VMFacts] = {}
         self.hosts: dict[str, HostFacts] = {}
@@ -190,7 +193,7 @@ class LiveInventory:
         while True:
             wait = 0 if self._filling else max_wait
             options = vmodl.query.PropertyCollector.WaitOptions(
-                maxWaitSeconds=wait, maxObjectUpdates=PAGE_OBJECTS
+                maxWaitSeconds=wait, maxObjectUpdates=self.page_objects
             )
             try:
                 update = self._wait(options)
