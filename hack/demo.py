@@ -25,7 +25,8 @@ from testbed.kube import free_port, running_control_plane
 from testbed.vcsim import Simulator, connect, disconnect, retrieve_all, running_simulator
 
 REPO = Path(__file__).resolve().parent.parent
-NAMESPACE = "vtpm-demo"
+NAMESPACE = "vtpm-demo"  # the team's
+OPERATOR_NAMESPACE = "vtpm-operator"  # where the VCenter's Secrets live
 KUBECTL = "/usr/bin/kubectl"
 
 
@@ -55,16 +56,23 @@ def main() -> int:
             )  # fmt: skip
             return result.stdout
 
-        kubectl("apply", "-f", str(REPO / "crds"))
-        kubectl("wait", "--for=condition=Established", "crd/vtpmpolicies.vtpm-operator.io", "--timeout=60s")
+        # --validate=false: this 1.20 server drops the CRDs' CEL rules, which newer servers enforce.
+        kubectl("apply", "--validate=false", "-f", str(REPO / "crds"))
+        for crd in ("vtpmpolicies", "vcenters"):
+            kubectl("wait", "--for=condition=Established", f"crd/{crd}.vtpm-operator.io", "--timeout=60s")
+        kubectl("create", "namespace", OPERATOR_NAMESPACE)
         kubectl("create", "namespace", NAMESPACE)
-        kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=manifests(sim))
-        say(f"applied Secret and VTPMPolicy 'windows-fleet' in namespace {NAMESPACE}")
+        kubectl("apply", "-f", "-", stdin=manifests(sim))
+        say(
+            f"applied VCenter 'demo-vc' (its Secrets in {OPERATOR_NAMESPACE}) and VTPMPolicy 'windows-fleet' "
+            f"in namespace {NAMESPACE}"
+        )
 
         log_path = workdir / "operator.log"
         with log_path.open("wb") as log:
             operator = subprocess.Popen(
-                [str(Path(sys.executable).with_name("vtpm-operator")), "run", "--namespace", NAMESPACE,
+                [str(Path(sys.executable).with_name("vtpm-operator")), "run", "--all-namespaces",
+                 "--operator-namespace", OPERATOR_NAMESPACE,
                  "--metrics-port", str(free_port()), "--metrics-address", "127.0.0.1"],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(plane.kubeconfig)},
             )  # fmt: skip
@@ -87,29 +95,30 @@ def main() -> int:
 
 
 def manifests(sim: Simulator) -> str:
+    """What an admin and a team apply: the VCenter with its Secrets, and the team's policy."""
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"namespace": OPERATOR_NAMESPACE}}
     docs: list[dict[str, Any]] = [
+        {**secret, "metadata": {**secret["metadata"], "name": "demo-vc-creds"},
+         "stringData": {"username": sim.username, "password": sim.password}},
+        {**secret, "metadata": {**secret["metadata"], "name": "demo-vc-ca"},
+         "stringData": {"ca.crt": sim.ca_file.read_text()}},
         {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "vcenter-creds"},
-            "stringData": {"username": sim.username, "password": sim.password},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "vcenter-ca"},
-            "stringData": {"ca.crt": sim.ca_file.read_text()},
+            "apiVersion": "vtpm-operator.io/v1alpha1",
+            "kind": "VCenter",
+            "metadata": {"name": "demo-vc"},
+            "spec": {
+                "server": sim.server,
+                "credentialsSecretRef": {"name": "demo-vc-creds"},
+                "caSecretRef": {"name": "demo-vc-ca"},
+                "allowedNamespaces": {"names": [NAMESPACE]},
+            },
         },
         {
             "apiVersion": "vtpm-operator.io/v1alpha1",
             "kind": "VTPMPolicy",
-            "metadata": {"name": "windows-fleet"},
+            "metadata": {"name": "windows-fleet", "namespace": NAMESPACE},
             "spec": {
-                "vcenter": {
-                    "server": sim.server,
-                    "credentialsSecret": "vcenter-creds",
-                    "caSecret": "vcenter-ca",
-                },
+                "vcenterRef": {"name": "demo-vc"},
                 "selector": {
                     "tags": [{"category": CATEGORY, "name": REQUIRED_TAG}],
                     "excludeTags": [{"category": CATEGORY, "name": EXEMPT_TAG}],
@@ -118,7 +127,7 @@ def manifests(sim: Simulator) -> str:
                 "resyncPeriod": "1m",
             },
         },
-    ]
+    ]  # fmt: skip
     return yaml.safe_dump_all(docs)
 
 
@@ -135,10 +144,12 @@ def watch(kubectl: Any, timeout: float) -> bool:
             say("policy status")
             print(view)
         conditions = {c["type"]: c for c in status.get("conditions") or []}
+        # Settled: nothing in flight but VMs that wait for someone else's task to end.
+        waiting = [vm for vm in status.get("vms") or [] if vm["state"] == "Pending"]
         if (
             status.get("observedGeneration") == policy["metadata"]["generation"]
             and status.get("lastSyncTime")
-            and conditions.get("Reconciling", {}).get("status") == "False"
+            and all("waiting for a task" in vm["message"] for vm in waiting)
         ):
             for kind in ("Ready", "Compliant", "Stalled"):
                 c = conditions[kind]

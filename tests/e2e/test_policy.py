@@ -134,9 +134,9 @@ def test_enforce_fixes_every_unblocked_vm_and_reports_each_blocker(
 
     table = cluster.kubectl("get", "vtpm", "-n", cluster.namespace).stdout
     header, row = table.strip().splitlines()
-    for column in ("MODE", "READY", "MATCHED", "COMPLIANT", "BLOCKED", "AGE"):
+    for column in ("VCENTER", "MODE", "READY", "MATCHED", "COMPLIANT", "BLOCKED", "AGE"):
         assert column in header.split()
-    assert row.split()[:2] == ["fleet", "Enforce"]
+    assert row.split()[:3] == ["fleet", vcenter, "Enforce"]
     assert f" {len(SELECTED)} " in row and " 3 " in row
 
 
