@@ -9,9 +9,10 @@ changes, or a person asks for another try.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class Failure:
     fault: str  # what kind of refusal: the fault type, so that a different fault starts again at 1
     message: str  # vCenter's words, for status
     next_try: float  # unix time
-    facts: Hashable  # the VM's prerequisite facts when it failed: a change of them earns a new try
+    facts: str  # the VM's prerequisite facts when it failed: a change of them earns a new try
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class RetryBook:
     limit: int = 3
     failures: dict[str, Failure] = field(default_factory=dict)
 
-    def failed(self, vm_id: str, fault: str, message: str, facts: Hashable, now: float) -> Failure:
+    def failed(self, vm_id: str, fault: str, message: str, facts: str, now: float) -> Failure:
         earlier = self.failures.get(vm_id)
         count = earlier.count + 1 if earlier is not None and earlier.fault == fault else 1
         wait = min(self.longest, self.base * 2 ** (count - 1))
@@ -54,7 +55,7 @@ class RetryBook:
         for vm_id in vm_ids or ():
             self.failures.pop(vm_id, None)
 
-    def hold(self, vm_id: str, facts: Hashable, now: float) -> Hold | None:
+    def hold(self, vm_id: str, facts: str, now: float) -> Hold | None:
         """Why the VM must not be changed now, or None when it may."""
         failure = self.failures.get(vm_id)
         if failure is None:
@@ -75,3 +76,12 @@ class RetryBook:
                 exhausted=False,
             )
         return None
+
+    def to_record(self) -> dict[str, dict[str, Any]]:
+        """Plain data for the change record (kube/records.py)."""
+        return {vm_id: asdict(failure) for vm_id, failure in sorted(self.failures.items())}
+
+    def load_record(self, record: Mapping[str, Mapping[str, Any]]) -> None:
+        """Take over what an earlier holder recorded (this replica's own memory wins where it has any)."""
+        for vm_id, fields in record.items():
+            self.failures.setdefault(vm_id, Failure(**fields))

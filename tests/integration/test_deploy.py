@@ -676,6 +676,7 @@ NEEDED_CLUSTER_WIDE = [
 ]
 NEEDED_IN_OWN_NAMESPACE = [
     ("get", "/secrets"),
+    *[(v, "/configmaps") for v in ("get", "create", "update")],
     *[(v, "coordination.k8s.io/leases") for v in ("list", "create", "update", "delete")],
 ]
 FORBIDDEN = [
@@ -686,11 +687,12 @@ FORBIDDEN = [
     *[(v, "/namespaces") for v in ("get", "create", "delete")],
     *[(v, "apiextensions.k8s.io/customresourcedefinitions") for v in ("get", "create", "update", "delete")],
     ("list", "/configmaps"),
+    ("delete", "/configmaps"),
     ("list", "/pods"),
     ("delete", "/events"),
     ("create", "rbac.authorization.k8s.io/clusterrolebindings"),
 ]
-FORBIDDEN_ELSEWHERE = [("get", "/secrets"), ("list", "coordination.k8s.io/leases")]
+FORBIDDEN_ELSEWHERE = [("get", "/secrets"), ("list", "coordination.k8s.io/leases"), ("get", "/configmaps")]
 
 
 def _granted(rules: list[dict[str, Any]]) -> set[tuple[str, str]]:

@@ -8,6 +8,7 @@ and hands status documents to the publisher. Nothing is tied to a policy: a poli
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -78,6 +79,9 @@ class Publisher(Protocol):
     def policy_status(self, namespace: str, name: str, document: Mapping[str, Any]) -> None: ...
     def vcenter_status(self, name: str, document: Mapping[str, Any]) -> None: ...
     def policy_event(self, namespace: str, name: str, uid: str, notice: Notice) -> None: ...
+    def record(self, vcenter: str, record: Mapping[str, Any]) -> None:
+        """Written before any status submitted after it."""
+        ...
 
 
 @dataclass
@@ -91,6 +95,7 @@ class Hooks:
     identity: Callable[[str, str | None], str | None]
     may_act: Callable[[str], bool]  # this replica holds the VCenter's lease
     publisher: Publisher
+    load_record: Callable[[str], Mapping[str, Any]]  # the VCenter's change record (kube/records.py)
 
 
 @dataclass
@@ -116,6 +121,8 @@ class Engine:
         self.last_reports: dict[str, SyncResult | PolicyProblem] = {}
         self.written: dict[str, tuple[dict[str, Any], float]] = {}  # key → (document sans time, when)
         self.synced_at: dict[str, float] = {}  # key → when its view was last known current
+        self.totals: dict[str, dict[str, int]] = {}  # key → running totals, as recorded
+        self.recorded: dict[str, Any] | None = None  # the change record as last handed over
         self.problem: PolicyProblem | None = None  # why vCenter cannot be read now
         self.about: About | None = None
         self.session: VCenterSession | None = None
@@ -175,7 +182,11 @@ class Engine:
                 if self._drained():
                     break
                 continue
-            if not self._may_act():
+            try:
+                acting = self._may_act()
+            except _NotYet:
+                acting = False
+            if not acting:
                 self.stop_event.wait(1.0)
                 continue
             try:
@@ -207,10 +218,26 @@ class Engine:
         acting = self.hooks.may_act(self.name)
         if acting != self.acting:
             log.info("vCenter %s: %s its lease", self.name, "holding" if acting else "not holding")
-            self.acting = acting
-            if not acting:
+            if acting:
+                self._take_over()  # raises when the record cannot be read: then it waits
+            else:
                 self._step_back()
+            self.acting = acting
         return acting
+
+    def _take_over(self) -> None:
+        """Before anything else: what an earlier holder (or this one, before a restart) recorded."""
+        try:
+            record = self.hooks.load_record(self.name)
+        except Exception:
+            log.warning("vCenter %s: its change record cannot be read; waiting", self.name, exc_info=True)
+            raise _NotYet from None
+        self.retry.load_record(record.get("failures") or {})
+        for key, totals in (record.get("totals") or {}).items():
+            mine = self.totals.setdefault(key, {})
+            for total, value in totals.items():
+                mine[total] = max(int(value), mine.get(total, 0))
+        self.recorded = dict(record)
 
     def _step_back(self) -> None:
         """Another replica is (or soon will be) the holder: no further step, no reads, no series.
@@ -445,7 +472,7 @@ class Engine:
                     claimant,
                     self._removal_refused(claimant.policy),
                     excluded=self.selections[claimant.key].excluded,
-                    document=dict(self.policies[claimant.key].status),
+                    document=_with_totals(self.policies[claimant.key].status, self.totals.get(claimant.key)),
                 )
                 view.refresh(fleet)
                 continue
@@ -632,10 +659,11 @@ class Engine:
     # --- publishing -----------------------------------------------------------------------------
     def _publish(self) -> None:
         now = time.time()
-        for key, entry in self.policies.items():
-            outcome = self._outcome(key, entry, now)
-            if outcome is not None:
-                self._publish_policy(entry, outcome, now)
+        built = [(entry, o) for key, entry in self.policies.items() if (o := self._outcome(key, entry, now))]
+        documents = [(entry, outcome, self._document(entry, outcome, now)) for entry, outcome in built]
+        self._record()  # before the status writes below: they may fail, the record must not
+        for entry, outcome, document in documents:
+            self._publish_policy(entry, outcome, document, now)
         self._publish_vcenter(now)
         metrics.set_change_queue(self.name, len(self.queue.flights), len(self.queue.queued))
         metrics.set_vcenter(
@@ -669,14 +697,30 @@ class Engine:
         selection = self.selections.get(key)
         return selection.problem if selection is not None else None
 
-    def _publish_policy(self, entry: PolicyEntry, outcome: SyncResult | PolicyProblem, now: float) -> None:
-        key = entry.key
-        view = self.views.get(key)
+    def _document(
+        self, entry: PolicyEntry, outcome: SyncResult | PolicyProblem, now: float
+    ) -> dict[str, Any]:
+        """The policy's next status, on top of the last one it was given; its totals go to the record."""
+        view = self.views.get(entry.key)
         previous = view.document if view is not None else dict(entry.status)
         moment = datetime.fromtimestamp(self.current_at or now, UTC)
         document = {**previous, **build_status(previous, outcome, generation=entry.generation, now=moment)}
         if view is not None:
             view.document = document
+        summary = document.get("summary") or {}
+        self.totals[entry.key] = {t: int(summary.get(t, 0)) for t in _TOTALS}
+        return document
+
+    def _record(self) -> None:
+        record = {"failures": self.retry.to_record(), "totals": dict(sorted(self.totals.items()))}
+        if record != self.recorded:
+            self.recorded = record
+            self.hooks.publisher.record(self.name, record)
+
+    def _publish_policy(
+        self, entry: PolicyEntry, outcome: SyncResult | PolicyProblem, document: dict[str, Any], now: float
+    ) -> None:
+        key = entry.key
         for notice in notices_for(self.last_reports.get(key), outcome, entry.policy.vtpm):
             self.hooks.publisher.policy_event(entry.namespace, entry.name, entry.uid, notice)
         self._policy_metrics(entry, outcome, document)
@@ -776,6 +820,22 @@ class Engine:
         self.next_tags = 0.0
 
 
+_TOTALS = ("remediatedTotal", "driftedTotal")
+
+
+class _NotYet(Exception):
+    """The lease is held, but the change record could not be read yet."""
+
+
+def _with_totals(status: Mapping[str, Any], totals: Mapping[str, int] | None) -> dict[str, Any]:
+    """The stored status, its running totals raised to what the record says (a status write may
+    have been lost): a total counts every VM once, never twice, never forgetting one."""
+    summary = dict(status.get("summary") or {})
+    for total, value in (totals or {}).items():
+        summary[total] = max(int(summary.get(total, 0)), int(value))
+    return {**status, "summary": summary} if summary else dict(status)
+
+
 _SUMMARY_FIELDS = {
     "Compliant": "compliant",
     "NonCompliant": "nonCompliant",
@@ -785,18 +845,12 @@ _SUMMARY_FIELDS = {
 }
 
 
-def _facts_key(vm: VMFacts | None) -> tuple[Any, ...]:
-    """The prerequisite facts of a VM: a change among them earns a failed VM a new try. Power
-    state and the operator's own marker do not count."""
+def _facts_key(vm: VMFacts | None) -> str:
+    """The prerequisite facts of a VM, as text that the change record keeps: a change among them
+    earns a failed VM a new try. Power state and the operator's own marker do not count."""
     if vm is None:
-        return ()
-    return (
-        vm.firmware,
-        vm.hardware_version,
-        vm.has_snapshots,
-        vm.guest_id,
-        vm.host_id,
-        vm.missing_privileges,
-        vm.tools_running,
-        vm.has_vtpm,
-    )
+        return ""
+    return json.dumps(
+        [vm.firmware, vm.hardware_version, vm.has_snapshots, vm.guest_id, vm.host_id,
+         sorted(vm.missing_privileges), vm.tools_running, vm.has_vtpm]
+    )  # fmt: skip

@@ -38,6 +38,7 @@ class _Running:
 class Registry:
     publisher: Publisher
     connection: Callable[[VCenterConfig], tuple[Endpoint, Credentials]]
+    load_record: Callable[[str], Mapping[str, Any]]
     may_act: Callable[[str], bool] = lambda name: True  # holds the VCenter's lease
     on_names: Callable[[frozenset[str]], None] = lambda names: None  # the VCenters that exist
     settings: EngineSettings = field(default_factory=EngineSettings)
@@ -122,6 +123,7 @@ class Registry:
             identity=self._identity,
             may_act=lambda name: self.may_act(name),  # set once the lease elector exists
             publisher=self.publisher,
+            load_record=self.load_record,
         )
 
     def _identity(self, name: str, instance_uuid: str | None) -> str | None:

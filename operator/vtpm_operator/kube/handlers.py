@@ -21,6 +21,7 @@ from vtpm_operator.engine.engine import EngineSettings
 from vtpm_operator.engine.registry import Registry
 from vtpm_operator.kube.leases import LeaseElector, default_identity
 from vtpm_operator.kube.publisher import GROUP, POLICIES, VCENTERS, VERSION, KubePublisher
+from vtpm_operator.kube.records import RecordStore
 from vtpm_operator.kube.secrets import SecretReader
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,13 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
     api = client.ApiClient()
-    publisher = KubePublisher(api)
+    records = RecordStore(api, memo["operator_namespace"])
+    publisher = KubePublisher(api, records)
     publisher.start()
     registry = Registry(
         publisher,
         SecretReader(client.CoreV1Api(api), memo["operator_namespace"]).connection,
+        records.load,
         settings=memo.get("engine_settings") or EngineSettings(),
     )
     elector = LeaseElector(

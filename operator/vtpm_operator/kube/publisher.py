@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from vtpm_operator import crashpoints, metrics
 from vtpm_operator.crashpoints import CrashPoint
 from vtpm_operator.events import Notice
+from vtpm_operator.kube.records import RecordStore
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ _Key = tuple[str, str]  # (namespace or "" for a VCenter, name)
 
 
 class KubePublisher:
-    def __init__(self, api: client.ApiClient, interval: float = 1.0) -> None:
+    def __init__(self, api: client.ApiClient, records: RecordStore, interval: float = 1.0) -> None:
+        self.records = records
+        self._records: dict[str, Mapping[str, Any]] = {}  # vCenter → its change record to write
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.interval = interval
@@ -66,6 +69,11 @@ class KubePublisher:
             self._events.append((namespace, name, uid, notice))
             self._lock.notify()
 
+    def record(self, vcenter: str, record: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._records[vcenter] = record
+            self._lock.notify()
+
     def _submit(self, key: _Key, document: Mapping[str, Any]) -> None:
         with self._lock:
             self._pending[key] = document
@@ -75,9 +83,10 @@ class KubePublisher:
     def _run(self) -> None:
         while True:
             with self._lock:
-                if self._stopping and not self._pending and not self._events:
+                if self._stopping and not self._pending and not self._events and not self._records:
                     return
                 self._lock.wait(timeout=0.2)
+                records, self._records = self._records, {}
                 now = time.monotonic()
                 due = {k: d for k, d in self._pending.items() if self._due.get(k, 0.0) <= now}
                 for key in due:
@@ -86,14 +95,32 @@ class KubePublisher:
                 self._events.clear()
                 if self._stopping:
                     self._pending.clear()  # last chance was this round
+            if not self._write_records(records):
+                with self._lock:  # statuses wait for the record: it holds what they must not lose
+                    for key, document in due.items():
+                        self._pending.setdefault(key, document)
+                continue
             for key, document in due.items():
                 self._write(key, document)
             for event in events:
                 self._post(*event)
 
+    def _write_records(self, records: dict[str, Mapping[str, Any]]) -> bool:
+        for vcenter, record in records.items():
+            try:
+                self.records.save(vcenter, record)
+            except Exception as error:  # kept, and tried again next round
+                log.warning("change record of %s not written (%s); retrying", vcenter, error)
+                with self._lock:
+                    self._records.setdefault(vcenter, record)
+                time.sleep(min(5.0, self.interval))
+                return False
+        return True
+
     def _write(self, key: _Key, document: Mapping[str, Any]) -> None:
         namespace, name = key
-        crashpoints.reached(CrashPoint.BEFORE_STATUS_WRITE)
+        if namespace and (document.get("summary") or {}).get("remediatedTotal"):
+            crashpoints.reached(CrashPoint.BEFORE_STATUS_WRITE)  # a count is about to be reported
         try:
             if namespace:
                 self.custom.patch_namespaced_custom_object_status(
