@@ -270,6 +270,14 @@ class Engine:
         return True
 
     def _connect(self) -> None:
+        try:
+            self._open()
+        except PolicyProblem:
+            if self.about is None:
+                self.hooks.identity(self.name, None)  # younger VCenters need not wait for this one
+            raise
+
+    def _open(self) -> None:
         endpoint, credentials = self.hooks.connection(self.config)
         if self.session is None or (self.session.endpoint, self.session.credentials) != (
             endpoint,
@@ -278,11 +286,7 @@ class Engine:
             if self.session is not None:
                 self.session.close()
             self.session = VCenterSession(endpoint, credentials, label=self.name)
-        try:
-            about = self.session.probe()  # no credentials leave before this proves it is a vCenter
-        except PolicyProblem:
-            self.hooks.identity(self.name, None)
-            raise
+        about = self.session.probe()  # no credentials leave before this proves it is a vCenter
         while self._check_identity(about) and not self.stop_event.wait(0.5):
             pass  # an older VCenter object is still being probed: it may be this very vCenter
         self.about = about

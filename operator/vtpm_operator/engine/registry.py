@@ -51,6 +51,7 @@ class Registry:
         self._namespaces: dict[str, Mapping[str, str]] = {}
         self._identities: dict[str, str] = {}  # VCenter name → instanceUuid
         self._started = False  # engines start once the registry has been seeded with everything
+        self._invalid: dict[str, PolicyProblem] = {}  # VCenter name → why its spec is refused
 
     # --- VCenters -------------------------------------------------------------------------------
     def vcenter(self, body: Mapping[str, Any]) -> None:
@@ -59,9 +60,15 @@ class Registry:
         try:
             config = parse_vcenter(body.get("spec") or {})
         except PolicyProblem as problem:
-            self.forget_vcenter(name)
+            self.forget_vcenter(name, tell_policies=False)
+            with self._lock:
+                self._invalid[name] = problem
             self._vcenter_problem(name, body, problem, generation)
+            for policy in self._bodies_of(name):
+                self.policy(policy)
             return
+        with self._lock:
+            self._invalid.pop(name, None)
         with self._lock:
             running = self._engines.get(name)
             if running is None:
@@ -90,16 +97,23 @@ class Registry:
         for thread in threads:
             thread.start()
 
-    def forget_vcenter(self, name: str) -> None:
+    def _bodies_of(self, vcenter: str) -> list[Mapping[str, Any]]:
+        with self._lock:
+            return [b for b in self._bodies.values() if _vcenter_ref(b) == vcenter]
+
+    def forget_vcenter(self, name: str, *, tell_policies: bool = True) -> None:
         with self._lock:
             running = self._engines.pop(name, None)
             self._identities.pop(name, None)
-            orphans = [self._bodies[key] for key, routed in self._routes.items() if routed == name]
+            self._invalid.pop(name, None)
+            for key in [k for k, routed in self._routes.items() if routed == name]:
+                del self._routes[key]
         if running is not None:
             running.engine.stop()
             self.on_names(self.names())
-        for body in orphans:
-            self.policy(body)  # now VCenterNotFound
+        if tell_policies:
+            for body in self._bodies_of(name):
+                self.policy(body)  # now VCenterNotFound
 
     def _vcenter_problem(
         self, name: str, body: Mapping[str, Any], problem: PolicyProblem, generation: int
@@ -170,7 +184,13 @@ class Registry:
         with self._lock:
             self._bodies[key] = body
             running = self._engines.get(policy.vcenter)
+            invalid = self._invalid.get(policy.vcenter)
         self._route(key, policy.vcenter if running else None)
+        if invalid is not None:  # the VCenter's own reason: the admin's to fix, not the team's
+            self._policy_problem(
+                body, PolicyProblem(invalid.reason, f"VCenter {policy.vcenter}: {invalid.message}")
+            )
+            return
         if running is None:
             self._policy_problem(
                 body,
