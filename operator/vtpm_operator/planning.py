@@ -20,6 +20,9 @@ class VMState(StrEnum):
     FAILED = "Failed"  # vCenter refused, or the change did not take
 
 
+WAITING_FOR_TASK = "waiting for a task that is running on the VM"
+
+
 class FailReason(StrEnum):
     """Why a Failed VM is not tried again by itself."""
 
@@ -132,6 +135,8 @@ def decide(
         return VMOutcome(vm.id, vm.name, VMState.FAILED, reasons, held.message)
     if held is not None:
         return VMOutcome(vm.id, vm.name, VMState.FAILED, message=f"{held} (retried later)")
+    if vm.task_in_progress:  # someone else's task: not a blocker, the change waits for its end
+        return VMOutcome(vm.id, vm.name, VMState.PENDING, message=WAITING_FOR_TASK)
     return Change(
         vm,
         verdict.action,

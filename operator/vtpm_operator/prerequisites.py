@@ -24,7 +24,6 @@ class Reason(StrEnum):
     HOST_VERSION_TOO_OLD = "HostVersionTooOld"
     KEY_PROVIDER_MISSING = "KeyProviderMissing"
     INSUFFICIENT_PRIVILEGES = "InsufficientPrivileges"
-    TASK_IN_PROGRESS = "TaskInProgress"
     CONFLICTING_POLICIES = "ConflictingPolicies"  # another policy wants the opposite (claims.py)
 
 
@@ -101,10 +100,6 @@ def evaluate(
         return Verdict(vm, Action.NONE)
     action = Action.ADD if wants_vtpm else Action.REMOVE
     blockers: list[Blocker] = []
-    if vm.task_in_progress:
-        blockers.append(
-            Blocker(Reason.TASK_IN_PROGRESS, "a task is running on the VM; the next sync looks again")
-        )
     power_off_first = False
     if vm.power_state is not PowerState.OFF:
         power_off_first, detail = _power_off_plan(vm, policy)

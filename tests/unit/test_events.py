@@ -126,7 +126,7 @@ class TestBlockedAndFailed:
 
     def test_only_the_newly_blocked_vm_is_named(self) -> None:
         previous = result(out(1, VMState.BLOCKED, "PoweredOn"), out(2, VMState.COMPLIANT))
-        current = result(out(1, VMState.BLOCKED, "PoweredOn"), out(2, VMState.BLOCKED, "TaskInProgress"))
+        current = result(out(1, VMState.BLOCKED, "PoweredOn"), out(2, VMState.BLOCKED, "HasSnapshots"))
         (notice,) = notices_for(previous, current, PRESENT)
         assert notice.message.startswith("1 VMs newly blocked")
         assert "app-02" in notice.message

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 
 from vtpm_operator.facts import KeyProvider, PowerState, VMFacts
-from vtpm_operator.planning import NoteReason, VMState, make_plan, pending
+from vtpm_operator.planning import WAITING_FOR_TASK, NoteReason, VMState, make_plan, pending
 from vtpm_operator.policy import DesiredVTPM, Mode, Policy, PowerAction
 from vtpm_operator.prerequisites import Action, Reason
 
@@ -72,6 +72,7 @@ def test_states_follow_the_prerequisites(vms: tuple[VMFacts, ...], policy: Polic
         if oracle(vm, policy, HOSTS, provider) == set()
         and policy.mode is Mode.ENFORCE
         and not _removal_refused(policy)
+        and not vm.task_in_progress  # waits for someone else's task (Pending)
     }
     assert {c.vm.id for c in plan.changes} == expected_changes
     for change in plan.changes:
@@ -90,6 +91,9 @@ def test_states_follow_the_prerequisites(vms: tuple[VMFacts, ...], policy: Polic
             assert outcome.state is VMState.BLOCKED
             assert set(outcome.reasons) == {r.value for r in expected}
             assert outcome.message
+        elif policy.mode is Mode.ENFORCE and not _removal_refused(policy):
+            assert by_id[outcome.id].task_in_progress
+            assert outcome.state is VMState.PENDING and outcome.message == WAITING_FOR_TASK
         else:
             assert outcome.state is VMState.NON_COMPLIANT
             assert outcome.reasons == ()

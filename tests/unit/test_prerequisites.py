@@ -123,7 +123,6 @@ def test_several_problems_give_several_reasons() -> None:
     ("firmware", "bios", Reason.FIRMWARE_NOT_EFI),
     ("hardware_version", 13, Reason.HARDWARE_VERSION_TOO_OLD),
     ("has_snapshots", True, Reason.HAS_SNAPSHOTS),
-    ("task_in_progress", True, Reason.TASK_IN_PROGRESS),
     ("power_state", PowerState.ON, Reason.POWERED_ON),
     ("power_state", PowerState.SUSPENDED, Reason.POWERED_ON),
     ("guest_id", "winXPProGuest", Reason.GUEST_OS_UNSUPPORTED),

@@ -178,8 +178,6 @@ def oracle(
     if (vm.vtpm_device_key is not None) is wants:
         return None
     unmet: set[Reason] = set()
-    if vm.task_in_progress:
-        unmet.add(Reason.TASK_IN_PROGRESS)
     if vm.power_state is not PowerState.OFF and not shutdown_possible(vm, policy):
         unmet.add(Reason.POWERED_ON)
     if vm.has_snapshots:

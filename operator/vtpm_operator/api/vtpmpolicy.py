@@ -213,7 +213,7 @@ class VMStatus(StatusModel):
         max_length=16,
         description="Every unmet prerequisite of a Blocked VM, each a CamelCase reason: PoweredOn, "
         "FirmwareNotEFI, HardwareVersionTooOld, HasSnapshots, GuestOSUnsupported, HostVersionTooOld, "
-        "KeyProviderMissing, InsufficientPrivileges, TaskInProgress, ConflictingPolicies.",
+        "KeyProviderMissing, InsufficientPrivileges, ConflictingPolicies.",
     )
     message: str | None = Field(
         default=None, max_length=1024, description="Human-readable details, for Failed VMs what vCenter said."

@@ -26,7 +26,7 @@ from vtpm_operator.engine.views import Fleet, PolicyView
 from vtpm_operator.engine.workflow import Plan, pay_debt, vtpm_change
 from vtpm_operator.events import Notice, notices_for
 from vtpm_operator.facts import About, KeyProvider, VMFacts
-from vtpm_operator.planning import Change, VMState, decide, pending
+from vtpm_operator.planning import WAITING_FOR_TASK, Change, VMState, decide, pending
 from vtpm_operator.policy import DesiredVTPM, Mode, Policy
 from vtpm_operator.prerequisites import choose_key_provider, evaluate
 from vtpm_operator.problems import PolicyProblem, ProblemReason
@@ -466,7 +466,7 @@ class Engine:
             self.key_providers,
             claims.judge(claimants),
             {vm: f.doing for vm, f in self.queue.flights.items()},
-            dict.fromkeys(self.busy, "waiting for a task that is running on the VM"),
+            dict.fromkeys(self.busy, WAITING_FOR_TASK),
             self._holds(),
         )
         for claimant in claimants:

@@ -15,7 +15,9 @@ from typing import Any
 
 import kopf
 import kubernetes
+import urllib3
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from vtpm_operator.engine.engine import EngineSettings
 from vtpm_operator.engine.registry import Registry
@@ -51,7 +53,6 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     api = client.ApiClient()
     records = RecordStore(api, memo["operator_namespace"])
     publisher = KubePublisher(api, records)
-    publisher.start()
     registry = Registry(
         publisher,
         SecretReader(client.CoreV1Api(api), memo["operator_namespace"]).connection,
@@ -68,7 +69,11 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     )
     registry.may_act = elector.holds
     registry.on_names = elector.set_units
-    _seed(registry, api, memo.get("namespaces") or [])
+    try:
+        _seed(registry, api, memo.get("namespaces") or [])
+    except (ApiException, urllib3.exceptions.HTTPError) as error:  # nothing started yet: try again
+        raise kopf.TemporaryError(f"cannot list VCenters and policies yet: {error}", delay=5) from None
+    publisher.start()
     elector.set_units(registry.names())
     stopping = threading.Event()
     threading.Thread(target=elector.run, args=(stopping,), name="leases", daemon=True).start()
@@ -99,6 +104,8 @@ def _seed(registry: Registry, api: client.ApiClient, namespaces: list[str]) -> N
 def stop(memo: kopf.Memo, **_: Any) -> None:
     """SIGTERM (a rollout): finish what vCenter runs already (up to DRAIN_SECONDS), start nothing,
     then hand the leases back at once so that the next replica takes over without waiting."""
+    if "registry" not in memo:  # it never started
+        return
     memo["registry"].stop(grace=DRAIN_SECONDS)
     memo["stopping"].set()
     memo["elector"].release_all()
