@@ -596,18 +596,29 @@ class Engine:
         return selection.selected if selection is not None else frozenset()
 
     def _pay_debts(self) -> None:
-        assert self.live is not None and self.ops is not None
+        assert self.live is not None and self.ops is not None and self.session is not None
         now = time.time()
         for vm in list(self.live.vms.values()):
             if not vm.power_on_owed or vm.id in self.queue.flights or vm.id in self.queue.queued:
                 continue
             if self.settling.get(vm.id, 0.0) > now or self.retry.hold(vm.id, _facts_key(vm), now):
                 continue
+            if max(self.settling.get(vm.id, 0.0), self.busy.get(vm.id, 0.0)) > now:
+                continue
             if len(self.queue.flights) >= self.config.max_concurrent_changes:
                 return
+            # The feed has no tasks: read the VM fresh, so that a power-on never races a task
+            # still running on it (a reconfigure past its deadline, someone's backup).
+            fresh = reads.read_proof(self.session, [vm.id], self.ops.marker_key()).get(vm.id)
+            if fresh is None or not fresh.power_on_owed:
+                continue
+            if fresh.task_in_progress:
+                self.busy[vm.id] = now + self.settings.settle
+                continue
+            self.busy.pop(vm.id, None)
             flight = Flight(
                 vm.id,
-                pay_debt(self.ops, vm, self.settings.task_timeout),
+                pay_debt(self.ops, fresh, self.settings.task_timeout),
                 (),
                 "PowerOn",
                 "powering the VM on again after an interrupted change",
