@@ -144,6 +144,7 @@ class Engine:
         self.document: dict[str, Any] = {}
         self.stop_event = threading.Event()
         self.draining_until: float | None = None
+        self.failures = 0  # connection attempts that failed in a row
         self.acting = False  # this replica held the lease at the last look
 
     # --- from the Kubernetes side (any thread) --------------------------------------------------
@@ -174,44 +175,55 @@ class Engine:
 
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
-        failures = 0
         metrics.set_vcenter(self.name, ready=False, vms=0, lease_held=False)  # until the lease is held
         while not self.stop_event.is_set():
-            self._drain()
-            if self.draining_until is not None:
-                if self._drained():
+            try:
+                if self._iteration():
                     break
-                continue
-            try:
-                acting = self._may_act()
-            except _NotYet:
-                acting = False
-            if not acting:
+            except Exception:  # a bug must not end the engine: every VM of this vCenter depends on it
+                log.exception("engine %s: unexpected error; going on", self.name)
                 self.stop_event.wait(1.0)
-                continue
-            try:
-                if self.live is None:
-                    self._connect()
-                    failures = 0
-                self._tick()
-                continue
-            except PolicyProblem as problem:
-                self._lost(problem)
-            except Exception as error:  # a fault nothing above expected: report it, retry with backoff
-                log.exception("engine %s failed", self.name)
-                self._lost(PolicyProblem(ProblemReason.VCENTER_ERROR, describe(error)))
-            failures += 1
-            self._publish()
-            # One login per backoff step, however many policies wait for this vCenter.
-            self.stop_event.wait(min(60.0, 2.0 ** min(failures, 6)))
         self._close()
+
+    def _iteration(self) -> bool:
+        """One turn of the loop; True once a drain has finished."""
+        self._drain()
+        if self.draining_until is not None:
+            return self._drained()
+        try:
+            acting = self._may_act()
+        except _NotYet:
+            acting = False
+        if not acting:
+            self.stop_event.wait(1.0)
+            return False
+        try:
+            if self.live is None:
+                self._connect()
+                self.failures = 0
+            self._tick()
+            return False
+        except PolicyProblem as problem:
+            self._lost(problem)
+        except Exception as error:  # a fault nothing above expected: report it, retry with backoff
+            log.exception("engine %s failed", self.name)
+            self._lost(PolicyProblem(ProblemReason.VCENTER_ERROR, describe(error)))
+        self.failures += 1
+        self._publish()
+        # One login per backoff step, however many policies wait for this vCenter.
+        self.stop_event.wait(min(60.0, 2.0 ** min(self.failures, 6)))
+        return False
 
     def _drain(self) -> None:
         while True:
             try:
-                self.inbox.get_nowait()()
+                message = self.inbox.get_nowait()
             except queue.Empty:
                 return
+            try:
+                message()
+            except Exception:  # one bad message must not lose the others
+                log.exception("engine %s: a message from the Kubernetes side failed", self.name)
 
     def _may_act(self) -> bool:
         """Only the holder of this VCenter's lease reads it, changes it and reports on it."""
