@@ -50,7 +50,12 @@ def conditions_for(outcome: SyncResult | PolicyProblem) -> tuple[Condition, ...]
     compliant = _compliant(outcome)
     if outcome.in_flight:
         pending = outcome.count(VMState.PENDING)
-        reconciling = Condition("Reconciling", "True", "ApplyingChanges", f"changing {pending} VMs")
+        reconciling = Condition(
+            "Reconciling",
+            "True",
+            "ApplyingChanges",
+            f"{pending} VMs pending: queued, being changed, or waiting for a task of someone else",
+        )
         ready = Condition("Ready", "False", "Reconciling", reconciling.message)
     else:
         reconciling = Condition("Reconciling", "False", "Idle", _IDLE)
