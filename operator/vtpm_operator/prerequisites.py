@@ -66,13 +66,13 @@ def required_privileges(policy: Policy) -> tuple[frozenset[str], frozenset[str]]
     return on_vm, on_folder
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Blocker:
     reason: Reason
     detail: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Verdict:
     vm: VMFacts
     action: Action  # what brings the VM to the desired state; NONE when it is there
