@@ -1,0 +1,102 @@
+"""A power-on owed after an interrupted change is paid, even when nobody selects the VM any more."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from pyVmomi import vim
+
+from testbed.fleet import REQUIRED_TAG, VMSpec, build_fleet
+from testbed.vcsim import Simulator, connect, disconnect, retrieve_one
+
+from .conftest import Cluster, RunningOperator, read_vms, summary
+
+pytestmark = pytest.mark.slow
+
+
+def running_tasks(sim: Simulator, vm_id: str) -> list[str]:
+    si = connect(sim)
+    try:
+        return [
+            t._moId
+            for t in retrieve_one(si, vim.VirtualMachine(vm_id, si._stub), ["recentTask"]).get("recentTask")
+            or []
+        ]
+    finally:
+        disconnect(si)
+
+
+def wait_vm(sim: Simulator, vm_id: str, predicate: Any, timeout: float, what: str) -> float:
+    si = connect(sim)
+    try:
+        started = time.monotonic()
+        while not predicate(read_vms(si, [vm_id])[vm_id]):
+            assert time.monotonic() - started < timeout, (
+                f"timed out waiting for {what}: {read_vms(si, [vm_id])}"
+            )
+            time.sleep(0.1)
+        return time.monotonic() - started
+    finally:
+        disconnect(si)
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+@pytest.mark.parametrize("then", ["untag", "delete-policy"])
+def test_a_vm_shut_down_for_its_change_is_powered_on_after_a_crash(
+    simulator: Simulator, cluster: Cluster, run_operator: Any, then: str
+) -> None:
+    fleet = build_fleet(simulator, [VMSpec("victim", powered_on=True), VMSpec("other", tags=())])
+    victim = fleet.ids["victim"]
+    simulator.admin.set_shutdown_delay(victim, 1.0)
+    simulator.admin.hang_next_reconfigure(victim)  # the operator dies while its change runs
+    simulator.admin.reset_call_counts()
+    vcenter = cluster.vcenter(simulator)
+    cluster.apply(
+        {
+            "apiVersion": "vtpm-operator.io/v1alpha1",
+            "kind": "VTPMPolicy",
+            "metadata": {"name": "owner"},
+            "spec": {
+                "vcenterRef": {"name": vcenter},
+                "selector": {"tags": [{"category": "security", "name": REQUIRED_TAG}]},
+                "powerPolicy": {"action": "Shutdown", "shutdownTimeout": "30s"},
+                "resyncPeriod": "10s",
+            },
+        }
+    )
+    operator: RunningOperator = run_operator()
+    deadline = time.monotonic() + 60
+    while simulator.admin.call_counts().get("ReconfigVM_Task", 0) == 0:
+        assert time.monotonic() < deadline, "the change never reached its reconfigure"
+        time.sleep(0.1)
+    operator.kill()
+    si = connect(simulator)
+    try:
+        shown = read_vms(si, [victim])[victim]
+    finally:
+        disconnect(si)
+    assert shown.power == "poweredOff" and shown.marker, shown  # down for the change, the debt recorded
+
+    for task in running_tasks(simulator, victim):  # the reconfigure ends while nobody watches
+        simulator.admin.finish_task(task)
+    if then == "untag":
+        fleet.untag("victim", REQUIRED_TAG)
+    else:
+        cluster.kubectl("delete", "vtpm", "owner", "-n", cluster.namespace, "--timeout=20s")
+    restarted = time.monotonic()
+    run_operator()
+
+    seconds = wait_vm(
+        simulator, victim, lambda vm: vm.power == "poweredOn" and not vm.marker, 30, "the power-on"
+    )
+    print(
+        f"{then}: powered on again {seconds:.1f} s after the restart ({time.monotonic() - restarted:.1f} s)"
+    )
+    counts = simulator.admin.call_counts()
+    assert (counts.get("ReconfigVM_Task"), counts.get("PowerOnVM_Task")) == (1, 1), counts
+    if then == "untag":
+        cluster.wait_for(
+            "owner", lambda p: summary(p).get("matched") == 0, timeout=10, what="the VM unselected"
+        )
