@@ -55,7 +55,9 @@ def test_drift_shows_within_two_seconds_and_is_repaired_before_any_resync(
     cluster.apply(policy_manifest("drift", vcenter, resyncPeriod="1h"))
     operator: RunningOperator = run_operator()
     cluster.wait_for("drift", lambda p: settled(p) and condition(p, "Ready")["status"] == "True", timeout=90)
-    time.sleep(2)  # nothing else changing: the first changes' settling and status writes are over
+    # Nothing else changing: the first changes' status writes and their 5 s settling (the engine lets
+    # the feed catch up after a change before it starts another on that VM) are over.
+    time.sleep(6)
     simulator.admin.reset_call_counts()
     si = connect(simulator)
 
@@ -75,7 +77,7 @@ def test_drift_shows_within_two_seconds_and_is_repaired_before_any_resync(
         repairs = simulator.admin.call_counts()
         for shown in ("status", "event", "counter"):
             assert seen.get(shown, 99) <= DRIFT_LIMIT, f"drift in the {shown} after {seen.get(shown)} s"
-        assert "repaired" in seen
+        assert seen.get("repaired", 99) <= DRIFT_LIMIT, f"repaired after {seen.get('repaired')} s"
         # Repaired from the feed: no full read (a new container view) happened in between.
         assert repairs.get("CreateContainerView", 0) == 0, repairs
         assert repairs.get("ReconfigVM_Task") == 2  # the person's removal and the repair
