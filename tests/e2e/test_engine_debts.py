@@ -11,7 +11,7 @@ from pyVmomi import vim
 from testbed.fleet import REQUIRED_TAG, VMSpec, build_fleet
 from testbed.vcsim import Simulator, connect, disconnect, retrieve_one
 
-from .conftest import Cluster, RunningOperator, read_vms, summary
+from .conftest import Cluster, RunningOperator, SeenVM, read_vms, summary
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +24,14 @@ def running_tasks(sim: Simulator, vm_id: str) -> list[str]:
             for t in retrieve_one(si, vim.VirtualMachine(vm_id, si._stub), ["recentTask"]).get("recentTask")
             or []
         ]
+    finally:
+        disconnect(si)
+
+
+def shown_now(sim: Simulator, vm_id: str) -> SeenVM:
+    si = connect(sim)
+    try:
+        return read_vms(si, [vm_id])[vm_id]
     finally:
         disconnect(si)
 
@@ -72,11 +80,7 @@ def test_a_vm_shut_down_for_its_change_is_powered_on_after_a_crash(
         assert time.monotonic() < deadline, "the change never reached its reconfigure"
         time.sleep(0.1)
     operator.kill()
-    si = connect(simulator)
-    try:
-        shown = read_vms(si, [victim])[victim]
-    finally:
-        disconnect(si)
+    shown = shown_now(simulator, victim)
     assert shown.power == "poweredOff" and shown.marker, shown  # down for the change, the debt recorded
 
     for task in running_tasks(simulator, victim):  # the reconfigure ends while nobody watches
@@ -100,3 +104,94 @@ def test_a_vm_shut_down_for_its_change_is_powered_on_after_a_crash(
         cluster.wait_for(
             "owner", lambda p: summary(p).get("matched") == 0, timeout=10, what="the VM unselected"
         )
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_an_owed_power_on_waits_for_the_task_still_running_on_the_vm(
+    simulator: Simulator, cluster: Cluster, run_operator: Any
+) -> None:
+    """vCenter runs one task per VM at a time (others fail with TaskInProgress; the simulator does
+    not refuse them, so the test watches for the attempt): the debt is paid once the task ends."""
+    fleet = build_fleet(simulator, [VMSpec("victim", powered_on=True), VMSpec("other", tags=())])
+    victim = fleet.ids["victim"]
+    simulator.admin.set_shutdown_delay(victim, 1.0)
+    simulator.admin.hang_next_reconfigure(victim)
+    simulator.admin.reset_call_counts()
+    vcenter = cluster.vcenter(simulator)
+    cluster.apply(
+        {
+            "apiVersion": "vtpm-operator.io/v1alpha1",
+            "kind": "VTPMPolicy",
+            "metadata": {"name": "owner"},
+            "spec": {
+                "vcenterRef": {"name": vcenter},
+                "selector": {"tags": [{"category": "security", "name": REQUIRED_TAG}]},
+                "powerPolicy": {"action": "Shutdown", "shutdownTimeout": "30s"},
+                "resyncPeriod": "10s",
+            },
+        }
+    )
+    operator: RunningOperator = run_operator()
+    deadline = time.monotonic() + 60
+    while simulator.admin.call_counts().get("ReconfigVM_Task", 0) == 0:
+        assert time.monotonic() < deadline, "the change never reached its reconfigure"
+        time.sleep(0.1)
+    operator.kill()
+    assert shown_now(simulator, victim).marker, "no debt was recorded"
+    fleet.untag("victim", REQUIRED_TAG)
+    simulator.admin.reset_call_counts()
+    run_operator()
+    cluster.wait_for("owner", lambda p: summary(p).get("matched") == 0, timeout=30, what="the restarted view")
+    time.sleep(3)  # a few pulses with the reconfigure still running
+    assert simulator.admin.call_counts().get("PowerOnVM_Task", 0) == 0, "powered on during another task"
+
+    for task in running_tasks(simulator, victim):
+        simulator.admin.finish_task(task)
+    wait_vm(simulator, victim, lambda vm: vm.power == "poweredOn" and not vm.marker, 30, "the power-on")
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_a_refused_power_on_of_a_debt_is_tried_again(
+    simulator: Simulator, cluster: Cluster, run_operator: Any
+) -> None:
+    """The first power-on of the debt is refused (InsufficientResourcesFault, as vCenter answers when
+    admission control has no room for a moment): the VM must not stay off for good; the retry comes
+    after --retry-base."""
+    fleet = build_fleet(simulator, [VMSpec("victim", powered_on=True), VMSpec("other", tags=())])
+    victim = fleet.ids["victim"]
+    simulator.admin.set_shutdown_delay(victim, 1.0)
+    simulator.admin.hang_next_reconfigure(victim)
+    simulator.admin.reset_call_counts()
+    vcenter = cluster.vcenter(simulator)
+    cluster.apply(
+        {
+            "apiVersion": "vtpm-operator.io/v1alpha1",
+            "kind": "VTPMPolicy",
+            "metadata": {"name": "owner"},
+            "spec": {
+                "vcenterRef": {"name": vcenter},
+                "selector": {"tags": [{"category": "security", "name": REQUIRED_TAG}]},
+                "powerPolicy": {"action": "Shutdown", "shutdownTimeout": "30s"},
+                "resyncPeriod": "1h",
+            },
+        }
+    )
+    operator: RunningOperator = run_operator()
+    deadline = time.monotonic() + 60
+    while simulator.admin.call_counts().get("ReconfigVM_Task", 0) == 0:
+        assert time.monotonic() < deadline, "the change never reached its reconfigure"
+        time.sleep(0.1)
+    operator.kill()
+    assert shown_now(simulator, victim).marker, "no debt was recorded"
+    for task in running_tasks(simulator, victim):
+        simulator.admin.finish_task(task)
+    fleet.untag("victim", REQUIRED_TAG)
+    simulator.admin.inject_fault(method="PowerOnVM_Task", fault="InsufficientResourcesFault", count=1)
+    simulator.admin.reset_call_counts()
+    run_operator("--retry-base", "2s")
+
+    seconds = wait_vm(
+        simulator, victim, lambda vm: vm.power == "poweredOn" and not vm.marker, 30, "the power-on"
+    )
+    print(f"powered on {seconds:.1f} s after the restart, at the second try")
+    assert simulator.admin.call_counts().get("PowerOnVM_Task") == 2
