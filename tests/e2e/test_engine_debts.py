@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
-from testbed.fleet import REQUIRED_TAG, VMSpec, build_fleet
+from testbed.fleet import REQUIRED_TAG, Fleet, VMSpec, build_fleet
 from testbed.vcsim import Simulator, connect, disconnect, retrieve_one
 
-from .conftest import Cluster, RunningOperator, SeenVM, read_vms, summary
+from .conftest import Cluster, RunningOperator, SeenVM, policy_manifest, read_vms, summary
 
 pytestmark = pytest.mark.slow
 
@@ -50,29 +50,24 @@ def wait_vm(sim: Simulator, vm_id: str, predicate: Any, timeout: float, what: st
         disconnect(si)
 
 
-@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
-@pytest.mark.parametrize("then", ["untag", "delete-policy"])
-def test_a_vm_shut_down_for_its_change_is_powered_on_after_a_crash(
-    simulator: Simulator, cluster: Cluster, run_operator: Any, then: str
-) -> None:
+def crash_during_change(
+    simulator: Simulator, cluster: Cluster, run_operator: Any, resync: str = "10s"
+) -> tuple[Fleet, str]:
+    """A running VM shut down for its vTPM by policy "owner"; the operator SIGKILLed while the
+    reconfigure runs (it never ends by itself). Returns the fleet and the VM's id."""
     fleet = build_fleet(simulator, [VMSpec("victim", powered_on=True), VMSpec("other", tags=())])
     victim = fleet.ids["victim"]
     simulator.admin.set_shutdown_delay(victim, 1.0)
-    simulator.admin.hang_next_reconfigure(victim)  # the operator dies while its change runs
+    simulator.admin.hang_next_reconfigure(victim)
     simulator.admin.reset_call_counts()
     vcenter = cluster.vcenter(simulator)
     cluster.apply(
-        {
-            "apiVersion": "vtpm-operator.io/v1alpha1",
-            "kind": "VTPMPolicy",
-            "metadata": {"name": "owner"},
-            "spec": {
-                "vcenterRef": {"name": vcenter},
-                "selector": {"tags": [{"category": "security", "name": REQUIRED_TAG}]},
-                "powerPolicy": {"action": "Shutdown", "shutdownTimeout": "30s"},
-                "resyncPeriod": "10s",
-            },
-        }
+        policy_manifest(
+            "owner",
+            vcenter,
+            powerPolicy={"action": "Shutdown", "shutdownTimeout": "30s"},
+            resyncPeriod=resync,
+        )
     )
     operator: RunningOperator = run_operator()
     deadline = time.monotonic() + 60
@@ -82,22 +77,34 @@ def test_a_vm_shut_down_for_its_change_is_powered_on_after_a_crash(
     operator.kill()
     shown = shown_now(simulator, victim)
     assert shown.power == "poweredOff" and shown.marker, shown  # down for the change, the debt recorded
+    return fleet, victim
 
-    for task in running_tasks(simulator, victim):  # the reconfigure ends while nobody watches
+
+def end_running_tasks(simulator: Simulator, vm_id: str) -> None:
+    """The reconfigure ends while nobody watches (as success, the spec not applied)."""
+    for task in running_tasks(simulator, vm_id):
         simulator.admin.finish_task(task)
+
+
+def powered_on_again(simulator: Simulator, vm_id: str) -> float:
+    return wait_vm(simulator, vm_id, lambda vm: vm.power == "poweredOn" and not vm.marker, 30, "the power-on")
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+@pytest.mark.parametrize("then", ["untag", "delete-policy"])
+def test_a_vm_shut_down_for_its_change_is_powered_on_after_a_crash(
+    simulator: Simulator, cluster: Cluster, run_operator: Any, then: str
+) -> None:
+    fleet, victim = crash_during_change(simulator, cluster, run_operator)
+    end_running_tasks(simulator, victim)
     if then == "untag":
         fleet.untag("victim", REQUIRED_TAG)
     else:
         cluster.kubectl("delete", "vtpm", "owner", "-n", cluster.namespace, "--timeout=20s")
-    restarted = time.monotonic()
     run_operator()
 
-    seconds = wait_vm(
-        simulator, victim, lambda vm: vm.power == "poweredOn" and not vm.marker, 30, "the power-on"
-    )
-    print(
-        f"{then}: powered on again {seconds:.1f} s after the restart ({time.monotonic() - restarted:.1f} s)"
-    )
+    seconds = powered_on_again(simulator, victim)
+    print(f"{then}: powered on again {seconds:.1f} s after the restart")
     counts = simulator.admin.call_counts()
     assert (counts.get("ReconfigVM_Task"), counts.get("PowerOnVM_Task")) == (1, 1), counts
     if then == "untag":
@@ -112,32 +119,7 @@ def test_an_owed_power_on_waits_for_the_task_still_running_on_the_vm(
 ) -> None:
     """vCenter runs one task per VM at a time (others fail with TaskInProgress; the simulator does
     not refuse them, so the test watches for the attempt): the debt is paid once the task ends."""
-    fleet = build_fleet(simulator, [VMSpec("victim", powered_on=True), VMSpec("other", tags=())])
-    victim = fleet.ids["victim"]
-    simulator.admin.set_shutdown_delay(victim, 1.0)
-    simulator.admin.hang_next_reconfigure(victim)
-    simulator.admin.reset_call_counts()
-    vcenter = cluster.vcenter(simulator)
-    cluster.apply(
-        {
-            "apiVersion": "vtpm-operator.io/v1alpha1",
-            "kind": "VTPMPolicy",
-            "metadata": {"name": "owner"},
-            "spec": {
-                "vcenterRef": {"name": vcenter},
-                "selector": {"tags": [{"category": "security", "name": REQUIRED_TAG}]},
-                "powerPolicy": {"action": "Shutdown", "shutdownTimeout": "30s"},
-                "resyncPeriod": "10s",
-            },
-        }
-    )
-    operator: RunningOperator = run_operator()
-    deadline = time.monotonic() + 60
-    while simulator.admin.call_counts().get("ReconfigVM_Task", 0) == 0:
-        assert time.monotonic() < deadline, "the change never reached its reconfigure"
-        time.sleep(0.1)
-    operator.kill()
-    assert shown_now(simulator, victim).marker, "no debt was recorded"
+    fleet, victim = crash_during_change(simulator, cluster, run_operator)
     fleet.untag("victim", REQUIRED_TAG)
     simulator.admin.reset_call_counts()
     run_operator()
@@ -145,9 +127,8 @@ def test_an_owed_power_on_waits_for_the_task_still_running_on_the_vm(
     time.sleep(3)  # a few pulses with the reconfigure still running
     assert simulator.admin.call_counts().get("PowerOnVM_Task", 0) == 0, "powered on during another task"
 
-    for task in running_tasks(simulator, victim):
-        simulator.admin.finish_task(task)
-    wait_vm(simulator, victim, lambda vm: vm.power == "poweredOn" and not vm.marker, 30, "the power-on")
+    end_running_tasks(simulator, victim)
+    powered_on_again(simulator, victim)
 
 
 @pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
@@ -157,41 +138,13 @@ def test_a_refused_power_on_of_a_debt_is_tried_again(
     """The first power-on of the debt is refused (InsufficientResourcesFault, as vCenter answers when
     admission control has no room for a moment): the VM must not stay off for good; the retry comes
     after --retry-base."""
-    fleet = build_fleet(simulator, [VMSpec("victim", powered_on=True), VMSpec("other", tags=())])
-    victim = fleet.ids["victim"]
-    simulator.admin.set_shutdown_delay(victim, 1.0)
-    simulator.admin.hang_next_reconfigure(victim)
-    simulator.admin.reset_call_counts()
-    vcenter = cluster.vcenter(simulator)
-    cluster.apply(
-        {
-            "apiVersion": "vtpm-operator.io/v1alpha1",
-            "kind": "VTPMPolicy",
-            "metadata": {"name": "owner"},
-            "spec": {
-                "vcenterRef": {"name": vcenter},
-                "selector": {"tags": [{"category": "security", "name": REQUIRED_TAG}]},
-                "powerPolicy": {"action": "Shutdown", "shutdownTimeout": "30s"},
-                "resyncPeriod": "1h",
-            },
-        }
-    )
-    operator: RunningOperator = run_operator()
-    deadline = time.monotonic() + 60
-    while simulator.admin.call_counts().get("ReconfigVM_Task", 0) == 0:
-        assert time.monotonic() < deadline, "the change never reached its reconfigure"
-        time.sleep(0.1)
-    operator.kill()
-    assert shown_now(simulator, victim).marker, "no debt was recorded"
-    for task in running_tasks(simulator, victim):
-        simulator.admin.finish_task(task)
+    fleet, victim = crash_during_change(simulator, cluster, run_operator, resync="1h")
+    end_running_tasks(simulator, victim)
     fleet.untag("victim", REQUIRED_TAG)
     simulator.admin.inject_fault(method="PowerOnVM_Task", fault="InsufficientResourcesFault", count=1)
     simulator.admin.reset_call_counts()
     run_operator("--retry-base", "2s")
 
-    seconds = wait_vm(
-        simulator, victim, lambda vm: vm.power == "poweredOn" and not vm.marker, 30, "the power-on"
-    )
+    seconds = powered_on_again(simulator, victim)
     print(f"powered on {seconds:.1f} s after the restart, at the second try")
     assert simulator.admin.call_counts().get("PowerOnVM_Task") == 2
