@@ -107,6 +107,13 @@ class Fleet:
             {"object_id": {"id": self.ids[vm_name], "type": "VirtualMachine"}},
         )
 
+    def untag(self, vm_name: str, tag: str) -> None:
+        self.rest(
+            "POST",
+            f"/rest/com/vmware/cis/tagging/tag-association/id:{self.tag_ids[tag]}?~action=detach",
+            {"object_id": {"id": self.ids[vm_name], "type": "VirtualMachine"}},
+        )
+
     def create_tag(self, name: str) -> str:
         self.tag_ids[name] = self.rest(
             "POST",
@@ -116,8 +123,11 @@ class Fleet:
         return self.tag_ids[name]
 
 
-def build_fleet(sim: Simulator, specs: Iterable[VMSpec], *, key_provider: bool = True) -> Fleet:
-    """Shape the simulator's VMs after `specs` (it needs as many), tag them, add a key provider."""
+def build_fleet(
+    sim: Simulator, specs: Iterable[VMSpec], *, key_provider: bool = True, extra_tags: Iterable[str] = ()
+) -> Fleet:
+    """Shape the simulator's VMs after `specs` (it needs as many), tag them, add a key provider.
+    `extra_tags`: more tags of the same category, made before the VMs are tagged (specs may use them)."""
     specs = list(specs)
     fleet = Fleet(sim)
     if key_provider:
@@ -157,7 +167,7 @@ def build_fleet(sim: Simulator, specs: Iterable[VMSpec], *, key_provider: bool =
             }
         },
     )
-    for tag in (REQUIRED_TAG, EXEMPT_TAG):
+    for tag in (REQUIRED_TAG, EXEMPT_TAG, *extra_tags):
         fleet.create_tag(tag)
     for spec in specs:
         for tag in spec.tags:

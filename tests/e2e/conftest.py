@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,12 +22,15 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
+from pyVmomi import vim, vmodl
 
 from testbed.fleet import CATEGORY, EXEMPT_TAG, REQUIRED_TAG, Fleet
 from testbed.kube import ControlPlane, free_port
-from testbed.vcsim import Simulator
+from testbed.vcsim import Simulator, connect, disconnect
 
 OPERATOR = Path(sys.executable).with_name("vtpm-operator")
+POWER_MARKER = "vtpm-operator.io/power-on-owed"  # the custom attribute the README documents
 
 
 @dataclass
@@ -49,6 +53,20 @@ class RunningOperator:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup handler runs, as when a node dies."""
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples whose labels include `labels` (0 when none)."""
+        total = 0.0
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    total += sample.value
+        return total
 
 
 @pytest.fixture
@@ -174,6 +192,13 @@ class Cluster:
         )
         return result
 
+    def policies(self) -> dict[str, dict[str, Any]]:
+        """Every policy of the namespace, by name, in one list call."""
+        listed: dict[str, Any] = client.CustomObjectsApi(self.api).list_namespaced_custom_object(
+            "vtpm-operator.io", "v1alpha1", self.namespace, "vtpmpolicies"
+        )
+        return {item["metadata"]["name"]: item for item in listed["items"]}
+
     def wait_for(
         self, name: str, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 60, what: str = ""
     ) -> dict[str, Any]:
@@ -248,12 +273,93 @@ def vm_rows(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["name"]: row for row in (policy.get("status") or {}).get("vms") or []}
 
 
+_PC: Any = vmodl.query.PropertyCollector
+_VM: Any = vim.VirtualMachine
+
+
+@dataclass(frozen=True)
+class SeenVM:
+    """One VM as vCenter shows it to the test."""
+
+    power: str  # poweredOn | poweredOff | suspended
+    vtpm: bool
+    marker: str  # the operator's power-on-owed attribute ("" when unset)
+
+
+def read_vms(si: Any, ids: list[str]) -> dict[str, SeenVM]:
+    """The VMs' power state, vTPM and power marker, in one PropertyCollector call."""
+    content = si.RetrieveContent()
+    fields = {f.key: f.name for f in content.customFieldsManager.field or []}
+    spec = _PC.FilterSpec(
+        objectSet=[_PC.ObjectSpec(obj=_VM(i, si._stub)) for i in ids],
+        propSet=[
+            _PC.PropertySpec(
+                type=vim.VirtualMachine,
+                pathSet=["runtime.powerState", "config.hardware.device", "customValue"],
+            )
+        ],
+    )
+    result = content.propertyCollector.RetrievePropertiesEx([spec], _PC.RetrieveOptions())
+    seen: dict[str, SeenVM] = {}
+    for found in result.objects if result is not None else []:
+        props = {p.name: p.val for p in found.propSet}
+        values = {fields.get(v.key): v.value for v in props.get("customValue") or []}
+        seen[found.obj._moId] = SeenVM(
+            power=str(props["runtime.powerState"]),
+            vtpm=any(isinstance(d, vim.vm.device.VirtualTPM) for d in props["config.hardware.device"]),
+            marker=str(values.get(POWER_MARKER) or ""),
+        )
+    return seen
+
+
+class VMWatch:
+    """Polls VMs in the simulator from a thread of its own, so that a state that lasts a moment is seen."""
+
+    def __init__(self, sim: Simulator, ids: list[str], interval: float = 0.2) -> None:
+        self.sim, self.ids, self.interval = sim, ids, interval
+        self.samples: list[tuple[float, dict[str, SeenVM]]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> VMWatch:
+        self._thread.start()
+        while not self.samples and not self.errors and self._thread.is_alive():
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        si = connect(self.sim)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.samples.append((time.monotonic(), read_vms(si, self.ids)))
+                except Exception as error:  # the assertion reports it; a poll must not die silently
+                    self.errors.append(repr(error))
+                self._stop.wait(self.interval)
+        finally:
+            disconnect(si)
+
+    def ever(self, vm_id: str, predicate: Callable[[SeenVM], bool]) -> bool:
+        return any(predicate(seen[vm_id]) for _, seen in self.samples if vm_id in seen)
+
+    def latest(self, vm_id: str) -> SeenVM:
+        return self.samples[-1][1][vm_id]
+
+
 __all__ = [
     "Cluster",
     "Fleet",
     "RunningOperator",
+    "SeenVM",
+    "VMWatch",
     "condition",
     "policy_manifest",
+    "read_vms",
     "settled",
     "summary",
     "vm_rows",

@@ -679,8 +679,12 @@ class Engine:
         if flight.plan is None:
             return
         wants = DesiredVTPM.PRESENT if flight.plan.change.action.value == "Add" else DesiredVTPM.ABSENT
-        for view in self.views.values():
-            if vm_id in view.claimant.selected and view.policy.vtpm is wants:
+        for view in self.views.values():  # every Enforce policy that wanted it: they changed it together
+            if (
+                vm_id in view.claimant.selected
+                and view.policy.vtpm is wants
+                and view.policy.mode is Mode.ENFORCE
+            ):
                 view.remediated.add(vm_id)
 
     # --- publishing -----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from vtpm_operator.planning import (
     with_conflict,
 )
 from vtpm_operator.policy import Policy
-from vtpm_operator.prerequisites import choose_key_provider, evaluate
+from vtpm_operator.prerequisites import Reason, choose_key_provider, evaluate
 from vtpm_operator.retry import Hold
 from vtpm_operator.sync import SyncResult
 
@@ -75,11 +75,7 @@ class PolicyView:
                 self.wanted.pop(vm_id, None)
                 continue
             outcome, change = self._judge(facts, fleet, provider)
-            if (
-                earlier is not None
-                and earlier.state is VMState.COMPLIANT
-                and outcome.state is not VMState.COMPLIANT
-            ):
+            if _drifted(earlier, outcome):
                 self.drifted.add(vm_id)
             self.changed |= outcome != earlier
             self.outcomes[vm_id] = outcome
@@ -98,6 +94,10 @@ class PolicyView:
         policy = shared.effective(self.policy) if shared is not None else self.policy
         conflict = shared.conflict_message(self.claimant) if shared is not None and shared.conflict else None
         verdict = with_conflict(evaluate(vm, policy, fleet.hosts, provider), conflict)
+        if conflict is not None and verdict.compliant:  # every policy involved says so, the content one too
+            return VMOutcome(
+                vm.id, vm.name, VMState.BLOCKED, (Reason.CONFLICTING_POLICIES.value,), conflict
+            ), None
         decision = decide(verdict, policy, removal_refused=self.removal_refused, held=fleet.holds.get(vm.id))
         if isinstance(decision, Change):
             waits = fleet.waiting.get(vm.id)
@@ -121,3 +121,11 @@ class PolicyView:
         self.drifted.clear()
         self.changed = False
         return result
+
+
+def _drifted(earlier: VMOutcome | None, now: VMOutcome) -> bool:
+    """Compliant before, not now, and not because another policy came to disagree: the VM itself
+    lost its state."""
+    if earlier is None or earlier.state is not VMState.COMPLIANT or now.state is VMState.COMPLIANT:
+        return False
+    return Reason.CONFLICTING_POLICIES.value not in now.reasons
