@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Everything a fresh machine needs, idempotent: Debian packages, the Python venv, and the two
-# cached builds (kube-apiserver from Debian's source, our simulator launcher).
+# Everything a fresh machine needs, idempotent: Debian packages, the Python venv, and the cached
+# builds (kube-apiserver, then kubelet and kube-scheduler, from Debian's source; our simulator
+# launcher; the operator's image, on a base image made once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,3 +12,6 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 ./hack/build-kube.sh
 ./hack/build-vcsim.sh >/dev/null
+# After build-kube.sh, never beside it: two of these Go builds at once thrash 2 cores.
+./hack/build-node.sh
+./hack/build-image.sh
