@@ -47,14 +47,16 @@ if ! "${podman[@]}" image exists "$base_ref"; then
     "$suite" "$rootfs" \
     "deb http://deb.debian.org/debian $suite main" \
     "deb http://deb.debian.org/debian $suite-updates main" \
-    "deb http://deb.debian.org/debian-security $suite-security main"
+    "deb http://deb.debian.org/debian-security $suite-security main" \
+    >"$work/mmdebstrap.log" 2>&1 || { tail -n 40 "$work/mmdebstrap.log" >&2; exit 1; }
   "${podman[@]}" import --quiet "$rootfs" "$base_ref" >/dev/null
   rm -f "$rootfs"
   echo "base image $base_ref made from Debian $suite (minbase) in $((SECONDS - started)) s"
 fi
 
-# pip inside the build trusts what this machine's pip trusts (on this machine a CA that Debian's own bundle lacks)
-# and uses its index if it has an http(s) one; both go in as build secrets, not into the image.
+# pip inside the build trusts what this machine's pip trusts (here, a CA that Debian's own bundle
+# lacks) and uses its index if it has an http(s) one; both go in as build secrets, never into
+# the image.
 secrets_dir="$work/secrets"
 mkdir -m 0700 "$secrets_dir"
 ca="${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}"

@@ -5,8 +5,10 @@ leaves out (deployment, replicaset, and nodelifecycle, which lifts the node's no
 the scheduler binds pods, and kubelet runs them through containerd and runc. Images come from
 podman's storage (``podman save`` into ``ctr images import``); pods use ``imagePullPolicy: Never``.
 
-Everything is on 127.0.0.1, in ``workdir``, and stopped by PID. There is no pod network and no
-kube-proxy: pods that must reach the API server use ``hostNetwork`` and ``KUBERNETES_SERVICE_HOST``.
+State lives in ``workdir``; every process is stopped by PID. kubelet serves on 127.0.0.1; the Node
+reports the machine's interface address (kubelet refuses a loopback node IP), and nothing here
+connects to it. There is no pod network and no kube-proxy: pods that must reach the API server
+use ``hostNetwork`` and ``KUBERNETES_SERVICE_HOST``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +28,15 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from testbed.image import PAUSE_IMAGE, build_pause_image, save_image
-from testbed.kube import KUBE_VERSION, ControlPlane, ControlPlaneError, _Procs, free_port, kube_binaries
+from testbed.kube import (
+    KUBE_VERSION,
+    ControlPlane,
+    ControlPlaneError,
+    _Procs,
+    cache_dir,
+    free_port,
+    kube_binaries,
+)
 
 HACK_DIR = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = HACK_DIR / "build-node.sh"
@@ -35,6 +46,7 @@ CONTAINERD = "/usr/bin/containerd"
 CNI_BIN_DIR = "/usr/lib/cni"
 NODE_NAME = "node1"
 EXTRA_CONTROLLERS = "deployment,replicaset,nodelifecycle"
+POD_LOGS = Path("/var/log/pods")  # fixed in kubelet 1.20; containers' logs land here
 
 
 @dataclass(frozen=True)
@@ -53,8 +65,8 @@ class Node:
 
 
 def node_cache_dir() -> Path:
-    root = os.environ.get("VTPM_CACHE") or str(Path.home() / ".cache" / "vtpm-operator")
-    return Path(root) / f"k8s-{KUBE_VERSION}-node"
+    """Where build-node.sh caches the node's binaries, beside the control plane's."""
+    return cache_dir().parent / f"k8s-{KUBE_VERSION}-node"
 
 
 def node_binaries() -> Path:
@@ -244,6 +256,10 @@ def _unmount_under(path: Path) -> None:
         subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
 
 
+def _pod_log_dirs() -> set[Path]:
+    return set(POD_LOGS.iterdir()) if POD_LOGS.is_dir() else set()
+
+
 @contextlib.contextmanager
 def running_node(
     workdir: Path,
@@ -257,7 +273,8 @@ def running_node(
     """Start containerd (with ``images`` imported), kubelet, kube-scheduler and the extra controllers.
 
     Yields once the node is Ready and schedulable. On exit everything is stopped by PID, the
-    containers kubelet left are deleted, their mounts undone and the Node object removed.
+    containers kubelet left are deleted, their mounts undone, the pod logs kubelet wrote during
+    the run removed, and the Node object deleted.
     """
     binaries = binaries or node_binaries()
     controller_manager = controller_manager or kube_binaries() / "kube-controller-manager"
@@ -269,6 +286,7 @@ def running_node(
     core = client.CoreV1Api(api)
     deadline = time.monotonic() + start_timeout
     socket = workdir / "containerd" / "containerd.sock"
+    logs_before = _pod_log_dirs()
     try:
         _start_containerd(runtime, workdir)
         _wait_until("containerd", lambda: _containerd_serving(socket), [runtime], deadline)
@@ -291,6 +309,8 @@ def running_node(
                 _remove_containers(socket)
         runtime.stop_all()
         _unmount_under(workdir)
+        for pod_logs in _pod_log_dirs() - logs_before:
+            shutil.rmtree(pod_logs, ignore_errors=True)
         with contextlib.suppress(ApiException):
             core.delete_node(NODE_NAME)
         api.close()

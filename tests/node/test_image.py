@@ -53,12 +53,13 @@ def test_image_runs_as_10001_by_default_and_has_oci_labels(operator_image: str) 
     assert labels["base.name"] == "debian:bookworm-slim"
 
 
-def test_final_image_has_no_pip_and_no_setuptools(operator_image: str) -> None:
+def test_final_image_has_no_pip_no_setuptools_and_no_build_secrets(operator_image: str) -> None:
     script = (
         "python3 -m pip --version >/dev/null 2>&1 && echo pip-module;"
         "command -v pip pip3 >/dev/null 2>&1 && echo pip-command;"
         "python3 -c 'import setuptools' >/dev/null 2>&1 && echo setuptools;"
         "ls /usr/share/python-wheels 2>/dev/null | grep -q . && echo bundled-wheels;"
+        "test -e /etc/pip.conf -o -e /run/secrets/pip-ca && echo build-secrets;"
         "python3 -c 'import vtpm_operator, kopf, kubernetes, pyVmomi' && echo imports-ok"
     )
     result = run_container(operator_image, "-c", script, options=(*LOCKED_DOWN, "--entrypoint", "/bin/sh"))
