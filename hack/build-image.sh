@@ -33,11 +33,13 @@ trap 'rm -rf "$work"' EXIT
 if ! "${podman[@]}" image exists "$base_ref"; then
   started=$SECONDS
   rootfs="$work/rootfs.tar"
-  # The same dpkg exclusions as the official slim images: no manuals, docs or translations.
+  # The same dpkg settings as the official slim images: no manuals, docs or translations, and
+  # unpacking without an fsync per file.
   # The merged-usr hook merges /usr itself, as those images are, instead of installing the
   # usrmerge package and with it all of perl.
   mmdebstrap --variant=minbase --quiet \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+    --dpkgopt=force-unsafe-io \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \

@@ -10,8 +10,13 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# build-node.sh first: on a fresh machine it builds the control plane's binaries in the same make
+# as the node's (one build of the shared Kubernetes packages instead of two), and build-kube.sh
+# then finds them cached. The image build, mostly downloads, runs beside it.
+./hack/build-image.sh >"${TMPDIR:-/tmp}/vtpm-build-image.log" 2>&1 &
+image_build=$!
+./hack/build-node.sh
 ./hack/build-kube.sh
 ./hack/build-vcsim.sh >/dev/null
-# After build-kube.sh, never beside it: two of these Go builds at once thrash 2 cores.
-./hack/build-node.sh
-./hack/build-image.sh
+wait "$image_build" || { cat "${TMPDIR:-/tmp}/vtpm-build-image.log"; exit 1; }
+tail -n 1 "${TMPDIR:-/tmp}/vtpm-build-image.log"
