@@ -4,6 +4,10 @@ set -euo pipefail
 
 packages=(golang-go golang-github-vmware-govmomi-dev golang-github-modern-go-reflect2-dev
           etcd-server openssl rsync make dpkg-dev ca-certificates prometheus lua5.4)
+# The image (hack/build-image.sh) and the node that runs it (hack/testbed/node.py): podman and
+# buildah with runc, a base image from Debian's packages, containerd with the CNI loopback
+# plugin, and a C compiler with a static libc for the pause program.
+packages+=(podman buildah mmdebstrap runc uidmap containerd containernetworking-plugins gcc libc6-dev)
 
 # The machine image ships kubectl 1.32; Debian's 1.20 client serves where it does not.
 command -v kubectl >/dev/null || packages+=(kubernetes-client)
@@ -27,4 +31,6 @@ if [ "${#missing[@]}" -gt 0 ] || [ -n "${need_update:-}" ]; then
 fi
 # Debian's etcd-server package may start a system etcd on 2379; the peers use their own ports.
 systemctl disable --now etcd >/dev/null 2>&1 || true
+# Likewise containerd: the test node starts its own, with its own config and socket.
+systemctl disable --now containerd >/dev/null 2>&1 || true
 echo "system packages ready"
