@@ -17,7 +17,9 @@ from vtpm_operator.vsphere.session import VCenterSession
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
-VM_PROPERTIES = [
+# What every judgement of a VM reads. The live inventory adds summary.config.tpmPresent (cheap);
+# a VM about to change, or just changed, is read with its device list and tasks (the proof).
+VM_FACT_PATHS = (
     "name",
     "parent",
     "runtime.powerState",
@@ -26,12 +28,11 @@ VM_PROPERTIES = [
     "config.version",
     "config.guestId",
     "config.template",
-    "config.hardware.device",
     "snapshot",
-    "recentTask",
     "guest.toolsRunningStatus",
     "customValue",
-]
+)
+VM_PROPERTIES = [*VM_FACT_PATHS, "config.hardware.device", "recentTask"]
 _BUSY_TASK_STATES = {"queued", "running"}
 
 Properties = dict[str, Any]

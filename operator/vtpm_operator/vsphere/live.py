@@ -18,26 +18,13 @@ from pyVmomi import vim, vmodl
 
 from vtpm_operator.facts import KEY_NOT_READ, HostFacts, PowerState, VMFacts
 from vtpm_operator.vsphere.faults import describe
-from vtpm_operator.vsphere.inventory import parse_version
+from vtpm_operator.vsphere.inventory import VM_FACT_PATHS, parse_version
 from vtpm_operator.vsphere.session import SessionRenewed, VCenterSession
 
 log = logging.getLogger(__name__)
 
 PAGE_OBJECTS = 1000
-VM_PATHS = (
-    "name",
-    "parent",
-    "runtime.powerState",
-    "runtime.host",
-    "config.firmware",
-    "config.version",
-    "config.guestId",
-    "config.template",
-    "summary.config.tpmPresent",
-    "snapshot",
-    "guest.toolsRunningStatus",
-    "customValue",
-)
+VM_PATHS = (*VM_FACT_PATHS, "summary.config.tpmPresent")
 HOST_PATHS = ("name", "config.product.version", "parent")
 
 
