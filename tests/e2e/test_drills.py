@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 from pyVmomi import vim
 
 from testbed.fleet import VMSpec, build_fleet
@@ -27,7 +27,7 @@ from testbed.kube import ControlPlane
 from testbed.vcsim import Simulator, connect, disconnect, retrieve_all, retrieve_one
 from vtpm_operator.lease_share import unit_lease_name
 
-from .conftest import Cluster, RunningOperator, condition, policy_manifest, settled, summary, vm_rows
+from .conftest import Cluster, RunningOperator, policy_manifest, settled, summary, vm_rows
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,8 @@ def running_task(sim: Simulator, vm_id: str) -> str:
     """The moid of the task that runs on the VM now (its recentTask)."""
     si = connect(sim)
     try:
-        tasks = retrieve_one(si, vim.VirtualMachine(vm_id, si._stub), ["recentTask"]).get("recentTask") or []
+        vm: Any = vim.VirtualMachine(vm_id, si._stub)  # type: ignore[no-untyped-call]
+        tasks: list[Any] = retrieve_one(si, vm, ["recentTask"]).get("recentTask") or []
         running = [
             t._moId
             for t in tasks
@@ -99,10 +100,12 @@ def lease_holder(cluster: Cluster, vcenter: str) -> str:
         if error.status == 404:
             return ""
         raise
-    return str(lease.spec.holder_identity or "")
+    return str((lease.spec and lease.spec.holder_identity) or "")
 
 
-def wait_holder(cluster: Cluster, vcenter: str, among: list[RunningOperator], timeout: float) -> RunningOperator:
+def wait_holder(
+    cluster: Cluster, vcenter: str, among: list[RunningOperator], timeout: float
+) -> RunningOperator:
     deadline = time.monotonic() + timeout
     while True:
         holder = lease_holder(cluster, vcenter)
@@ -157,9 +160,8 @@ def settle(
         )
     except AssertionError as error:
         seen = sim.admin.call_counts()
-        raise AssertionError(
-            f"{error}\nvCenter counted {seen}\nVMs: {fleet_state(sim, ids)}\nauth: {sim.admin.auth_counters()}"
-        ) from None
+        vms, auth = fleet_state(sim, ids), sim.admin.auth_counters()
+        raise AssertionError(f"{error}\nvCenter counted {seen}\nVMs: {vms}\nauth: {auth}") from None
     wait_vms(sim, ids, ("poweredOn", 1), timeout=20)
     return policy
 
@@ -242,7 +244,7 @@ def test_drill_sigterm_mid_batch_as_in_a_rollout(
     print(f"exit {exited:.1f}s, takeover {takeover:.1f}s")
 
 
-@pytest.mark.parametrize("simulator", [{"vms": 6}], indirect=True)
+@pytest.mark.parametrize("simulator", [{"vms": 5}], indirect=True)
 def test_drill_api_server_stopped_for_30s_mid_batch(
     simulator: Simulator, cluster: Cluster, run_operator: Any, control_plane: ControlPlane
 ) -> None:
@@ -251,10 +253,10 @@ def test_drill_api_server_stopped_for_30s_mid_batch(
     VM is power-cycled twice."""
     assert control_plane.pids, "needs the test's own control plane (its API server is paused)"
     apiserver = control_plane.pids[1]  # etcd, kube-apiserver, kube-controller-manager
-    ids = cycling_fleet(simulator, 6, shutdown_delay=3)
+    ids = cycling_fleet(simulator, 5, shutdown_delay=4)
     vcenter = cluster.vcenter(simulator)
     operator = run_operator(*FAST)
-    cluster.apply(cycling_policy("partition", vcenter, maxConcurrent=2))
+    cluster.apply(cycling_policy("partition", vcenter, maxConcurrent=1))
     wait_holder(cluster, vcenter, [operator], timeout=30)
     wait_calls(simulator, "ShutdownGuest", 1)
 
@@ -266,12 +268,12 @@ def test_drill_api_server_stopped_for_30s_mid_batch(
         assert calls(simulator, "ShutdownGuest", "ReconfigVM_Task", "PowerOffVM_Task") == lost
     finally:
         os.kill(apiserver, signal.SIGCONT)
-    assert lost["ShutdownGuest"] < 6, "the batch ended before the lease was lost"
+    assert lost["ShutdownGuest"] < 5, "the batch ended before the lease was lost"
 
     wait_holder(cluster, vcenter, [operator], timeout=30)
     settle(cluster, simulator, ids, "partition", timeout=120, what="the batch resumed")
     all_on_with_one_vtpm(simulator, ids)
-    assert calls(simulator, *CYCLE) == dict.fromkeys(CYCLE, 6)
+    assert calls(simulator, *CYCLE) == dict.fromkeys(CYCLE, 5)
 
 
 def _status_rbac(cluster: Cluster, kubectl: Any, repo: Path) -> tuple[str, dict[str, Any]]:
@@ -352,24 +354,24 @@ def test_drill_status_write_refused(
         kubectl("delete", "clusterrole", unique, "--ignore-not-found")
 
 
-@pytest.mark.parametrize("simulator", [{"vms": 3}], indirect=True)
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
 def test_drill_every_soap_call_2s_slower(simulator: Simulator, cluster: Cluster, run_operator: Any) -> None:
     """A slow vCenter: the batch completes with no new login, nothing Failed, the lease held."""
-    ids = cycling_fleet(simulator, 3, shutdown_delay=0)
+    ids = cycling_fleet(simulator, 2, shutdown_delay=0)
     vcenter = cluster.vcenter(simulator)
     operator = run_operator(*FAST)
     deadline = time.monotonic() + 60
-    while condition(cluster.vcenter_object(vcenter), "Ready").get("reason") != "Connected":
+    while simulator.admin.auth_counters().soap_logins == 0:  # logged in, before any policy
         assert time.monotonic() < deadline, cluster.vcenter_object(vcenter).get("status")
         time.sleep(0.5)
     simulator.admin.reset_auth_counters()
     simulator.admin.set_latency(soap_seconds=2)
     started = time.monotonic()
-    cluster.apply(cycling_policy("slow", vcenter, maxConcurrent=3))
+    cluster.apply(cycling_policy("slow", vcenter, maxConcurrent=2))
 
     seen_failed = 0
     deadline = time.monotonic() + 240
-    while not compliant(3)(policy := cluster.policy("slow")):
+    while not compliant(2)(policy := cluster.policy("slow")):
         assert time.monotonic() < deadline, policy.get("status")
         seen_failed = max(seen_failed, summary(policy).get("failed", 0))
         assert lease_holder(cluster, vcenter) == operator.identity
@@ -379,7 +381,8 @@ def test_drill_every_soap_call_2s_slower(simulator: Simulator, cluster: Cluster,
     all_on_with_one_vtpm(simulator, ids)
     assert seen_failed == 0
     auth = simulator.admin.auth_counters()
-    assert (auth.soap_login_attempts, auth.rest_login_attempts) == (0, 0), auth
+    # At most the first REST login (tags are read only once a policy wants them); no SOAP one.
+    assert auth.soap_login_attempts == 0 and auth.rest_login_attempts <= 1, auth
     assert "not holding its lease" not in operator.log_text()
     print(f"batch under 2 s latency: {took:.1f}s")
 
@@ -435,7 +438,10 @@ def test_drill_reconfigure_task_that_never_ends(
     message = vm_rows(failed)["vm-0"]["message"]
     assert "task" in message and "6s" in message, message
     time.sleep(4)  # longer than the retry base: still nothing while the task runs
-    assert calls(simulator, "PowerOnVM_Task", "ReconfigVM_Task") == {"PowerOnVM_Task": 0, "ReconfigVM_Task": 1}
+    assert calls(simulator, "PowerOnVM_Task", "ReconfigVM_Task") == {
+        "PowerOnVM_Task": 0,
+        "ReconfigVM_Task": 1,
+    }
     assert fleet_state(simulator, ids)["vm-0"] == ("poweredOff", 0)
 
     simulator.admin.finish_task(running_task(simulator, vm))
