@@ -225,6 +225,7 @@ class VCenterSession:
             if response.status_code == 401 and attempt == 1:
                 self._count(operation, "session_expired", started)
                 self._rest_token = None
+                self._rest.cookies.clear()  # the dead token rides in a cookie too: a login sending it fails
                 continue
             if not response.ok:
                 self._count(operation, "fault", started)
