@@ -142,7 +142,7 @@ class LiveInventory:
     def restart(self) -> None:
         """A new collector and filter: the next poll refills everything (a full read)."""
         tasks = self._wanted_tasks
-        self.close()
+        self.close() if self._logins == self.session.logins else self.abandon()  # a dead session's: gone
         self._collector = self.session.soap("CreateInventoryFilter", self._create, idempotent=False)
         self._logins = self.session.logins
         self._version = ""
