@@ -378,9 +378,9 @@ def test_drill_every_soap_call_2s_slower(simulator: Simulator, cluster: Cluster,
         time.sleep(1)
     took = time.monotonic() - started
     simulator.admin.set_latency(soap_seconds=0)
+    auth = simulator.admin.auth_counters()  # before the test's own logins to check the VMs
     all_on_with_one_vtpm(simulator, ids)
     assert seen_failed == 0
-    auth = simulator.admin.auth_counters()
     # At most the first REST login (tags are read only once a policy wants them); no SOAP one.
     assert auth.soap_login_attempts == 0 and auth.rest_login_attempts <= 1, auth
     assert "not holding its lease" not in operator.log_text()
@@ -407,9 +407,9 @@ def test_drill_soap_and_rest_sessions_expired_mid_batch(
         assert time.monotonic() < deadline, policy.get("status")
         seen_failed = max(seen_failed, summary(policy).get("failed", 0))
         time.sleep(0.5)
+    auth = simulator.admin.auth_counters()  # before the test's own logins to check the VMs
     all_on_with_one_vtpm(simulator, ids)
     assert seen_failed == 0
-    auth = simulator.admin.auth_counters()
     assert (auth.soap_logins, auth.rest_logins) == (1, 1), auth
     assert calls(simulator, *CYCLE) == dict.fromkeys(CYCLE, 4)
 
@@ -507,9 +507,9 @@ def test_drill_vcenter_restarts_for_60s_mid_batch(
     during = simulator.admin.auth_counters()
     simulator.admin.start_endpoint()
 
-    settle(cluster, simulator, ids, "restart", timeout=90, what="the batch after vCenter returned")
+    cluster.wait_for("restart", compliant(4), timeout=90, what="the batch after vCenter returned")
+    auth = simulator.admin.auth_counters()  # before the test's own logins to check the VMs
     all_on_with_one_vtpm(simulator, ids)
-    auth = simulator.admin.auth_counters()
     assert during.soap_login_attempts == 0, during  # nothing got through while it was down
     assert (auth.soap_logins, auth.rest_logins) == (1, 1), auth
     assert calls(simulator, "ReconfigVM_Task") == {"ReconfigVM_Task": 4}, before
