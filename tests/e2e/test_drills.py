@@ -237,6 +237,7 @@ def test_drill_sigterm_mid_batch_as_in_a_rollout(
     assert code == 0, code
     wait_holder(cluster, vcenter, [new], timeout=LEASE_TAKEOVER)
     takeover = time.monotonic() - stopped
+    assert takeover <= exited + 5, f"handed over {takeover:.1f}s after SIGTERM: was the lease released?"
 
     settle(cluster, simulator, ids, "rollout", timeout=90, what="the batch finished under the new holder")
     all_on_with_one_vtpm(simulator, ids)
