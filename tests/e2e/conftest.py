@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -68,6 +69,11 @@ class RunningOperator:
                     total += sample.value
         return total
 
+    @property
+    def identity(self) -> str:
+        """The holder identity its leases carry (host name and process id, see kube/leases.py)."""
+        return f"{socket.gethostname()}-{self.process.pid}"
+
 
 @pytest.fixture
 def run_operator(
@@ -77,10 +83,13 @@ def run_operator(
     operator's own namespace); stopped by PID at the end."""
     started: list[RunningOperator] = []
 
-    def start(*extra: str) -> RunningOperator:
+    def start(
+        *extra: str, env: dict[str, str] | None = None, kubeconfig: Path | None = None
+    ) -> RunningOperator:
+        """`env` adds to the environment (a crash point); `kubeconfig` replaces the admin's."""
         log = tmp_path / f"operator-{len(started)}.log"
         port, liveness = free_port(), free_port()
-        env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig or control_plane.kubeconfig), **(env or {})}
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [

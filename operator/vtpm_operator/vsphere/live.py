@@ -259,6 +259,8 @@ class LiveInventory:
     def watch_tasks(self, task_ids: set[str]) -> None:
         """Watch exactly these tasks (again after a restart: filters die with their collector)."""
         self._wanted_tasks = set(task_ids)
+        if self._logins != self.session.logins:  # its filters died with the old session: none to
+            return self.abandon()  # destroy through the fresh one; the next poll watches anew
         for task_id in set(self._task_filters) - task_ids:
             self.forget_task(task_id)
         try:
