@@ -720,9 +720,13 @@ class Engine:
             same = isinstance(earlier, PolicyProblem) and earlier.message == problem.message
             return problem if due or not same else None
         view = self.views.get(key)
-        if view is None or not self.fleet_ready or not (due or view.changed):
-            return None  # not judged yet, or nothing new: building a status costs a sort
+        if view is None or not self.fleet_ready:
+            return None  # not judged yet
         in_flight = bool(view.wanted) or any(vm in self.queue.flights for vm in view.outcomes)
+        earlier = self.last_reports.get(key)
+        flipped = not isinstance(earlier, SyncResult) or earlier.in_flight != in_flight
+        if not (due or view.changed or flipped):
+            return None  # nothing new: building a status costs a sort
         return view.report(in_flight)
 
     def _problem(self, key: str, entry: PolicyEntry) -> PolicyProblem | None:

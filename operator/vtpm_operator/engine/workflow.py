@@ -62,10 +62,14 @@ def vtpm_change(ops: ChangeOps, plan: Plan) -> Workflow:
             ops.set_marker(vm_id, plan.owner_uid)
         yield from shut_down(ops, change.vm, plan.power, plan.task_timeout)
         crashpoints.reached(CrashPoint.AFTER_SHUTDOWN)
-    task = ops.reconfigure(vm_id, change.action, change.vm.vtpm_device_key, plan.key_provider)
-    refusal = yield from await_task(ops, task, plan.task_timeout)
-    if refusal is None:
-        crashpoints.reached(CrashPoint.AFTER_RECONFIGURE)
+    try:
+        task = ops.reconfigure(vm_id, change.action, change.vm.vtpm_device_key, plan.key_provider)
+    except ChangeRefused as refused:  # refused before any task: the VM still gets its power back
+        refusal: ChangeRefused | None = refused
+    else:
+        refusal = yield from await_task(ops, task, plan.task_timeout)
+        if refusal is None:
+            crashpoints.reached(CrashPoint.AFTER_RECONFIGURE)
     if change.restore_power:
         yield from power_on(ops, vm_id, plan.task_timeout)
     if refusal is not None:

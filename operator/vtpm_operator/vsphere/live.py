@@ -118,7 +118,7 @@ class LiveInventory:
         self._task_filters: dict[str, Any] = {}
         self._filling = False
         self._seen_in_fill: set[str] = set()
-        self._logins = 0
+        self._generation = 0
         self._wanted_tasks: set[str] = set()
 
     @property
@@ -129,9 +129,12 @@ class LiveInventory:
     def restart(self) -> None:
         """A new collector and filter: the next poll refills everything (a full read)."""
         tasks = self._wanted_tasks
-        self.close() if self._logins == self.session.logins else self.abandon()  # a dead session's: gone
+        if self._generation == self.session.generation:
+            self.close()
+        else:
+            self.abandon()  # made in a session that is gone: it went with it
         self._collector = self.session.soap("CreateInventoryFilter", self._create, idempotent=False)
-        self._logins = self.session.logins
+        self._generation = self.session.generation
         self._version = ""
         self._filling = True
         self._seen_in_fill = set()
@@ -174,7 +177,7 @@ class LiveInventory:
 
     def poll(self, max_wait: int) -> Delta:
         """One WaitForUpdatesEx (more while a fill is truncated); what changed."""
-        if self._collector is None or self._logins != self.session.logins:
+        if self._collector is None or self._generation != self.session.generation:
             self.restart()  # a renewed session has none of the old session's collectors
         delta = Delta()
         while True:
@@ -259,7 +262,7 @@ class LiveInventory:
     def watch_tasks(self, task_ids: set[str]) -> None:
         """Watch exactly these tasks (again after a restart: filters die with their collector)."""
         self._wanted_tasks = set(task_ids)
-        if self._logins != self.session.logins:  # its filters died with the old session: none to
+        if self._generation != self.session.generation:  # its filters died with the old session: none to
             return self.abandon()  # destroy through the fresh one; the next poll watches anew
         for task_id in set(self._task_filters) - task_ids:
             self.forget_task(task_id)

@@ -56,6 +56,9 @@ class VCenterSession:
     def __init__(self, endpoint: Endpoint, credentials: Credentials, label: str = "") -> None:
         self.label = label or endpoint.server  # the VCenter object's name, for metrics
         self.logins = 0
+        # Bumped whenever the SOAP session changes (dropped, or a new login): objects made in the
+        # session (collectors, filters) belong to one generation and die with it.
+        self.generation = 0
         self._probed: tuple[Any, Any, About] | None = None
         self.endpoint = endpoint
         self.credentials = credentials
@@ -190,12 +193,14 @@ class VCenterSession:
             ) from None
         self._count("Login", "success", started)
         self.logins += 1
+        self.generation += 1
         log.info("logged in to %s as %s", self.endpoint.server, self.credentials.username)
         return vim.ServiceInstance("ServiceInstance", stub), content
 
     def _drop_soap(self) -> None:
         with self._lock:
             si, self._si = self._si, None
+            self.generation += 1
         if si is not None:
             try:  # free the session on vCenter's side when it still exists
                 Disconnect(si)
