@@ -23,7 +23,7 @@ from vtpm_operator import claims, metrics
 from vtpm_operator.connection import VCenterConfig
 from vtpm_operator.engine.queue import ChangeQueue, Finished, Flight, Wanted
 from vtpm_operator.engine.views import Fleet, PolicyView
-from vtpm_operator.engine.workflow import Plan, pay_debt, vtpm_change
+from vtpm_operator.engine.workflow import Plan, TaskDone, pay_debt, vtpm_change
 from vtpm_operator.events import Notice, notices_for
 from vtpm_operator.facts import About, KeyProvider, VMFacts
 from vtpm_operator.planning import WAITING_FOR_TASK, Change, VMState, decide, pending
@@ -370,6 +370,9 @@ class Engine:
         if self.fleet_ready and time.time() >= self.next_tags:
             self._refresh_tags()
         self._finish(self.queue.advance(self.live))
+        self.dirty_vms |= {
+            vm for vm, f in self.queue.flights.items() if isinstance(f.wait, TaskDone) and f.wait.overdue
+        }
         if self.fleet_ready:
             self._evaluate()
             self._pay_debts()
@@ -484,6 +487,11 @@ class Engine:
             self.key_providers,
             self.judged[1],
             {vm: f.doing for vm, f in self.queue.flights.items()},
+            {
+                vm: f.wait.overdue
+                for vm, f in self.queue.flights.items()
+                if isinstance(f.wait, TaskDone) and f.wait.overdue
+            },
             dict.fromkeys(self.busy, WAITING_FOR_TASK),
             self._holds(),
         )

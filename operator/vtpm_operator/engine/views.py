@@ -37,6 +37,7 @@ class Fleet:
     key_providers: tuple[KeyProvider, ...]
     shared: Mapping[str, SharedVM]
     in_flight: Mapping[str, str]  # VM id → what is being done to it
+    overdue: Mapping[str, str]  # VM id → why its change is Failed while its task still runs
     waiting: Mapping[str, str]  # VM id → why its change waits (a task of someone else's running)
     holds: Mapping[str, Hold]
 
@@ -87,6 +88,9 @@ class PolicyView:
     def _judge(
         self, vm: VMFacts, fleet: Fleet, provider: KeyProvider | None
     ) -> tuple[VMOutcome, Change | None]:
+        overdue = fleet.overdue.get(vm.id)
+        if overdue is not None:
+            return VMOutcome(vm.id, vm.name, VMState.FAILED, message=overdue), None
         doing = fleet.in_flight.get(vm.id)
         if doing is not None:
             return VMOutcome(vm.id, vm.name, VMState.PENDING, message=doing), None

@@ -26,6 +26,7 @@ class TaskDone:
 
     task_id: str
     deadline: float
+    overdue: str = ""  # set while a task past its deadline is awaited: what the VM's status says
 
 
 @dataclass(frozen=True)
@@ -126,5 +127,6 @@ def await_task(ops: ChangeOps, task_id: str, timeout: float) -> Generator[Wait, 
         ops.cancel(task_id)
     except ChangeRefused as refusal:
         cancelled = f"vCenter refused to cancel it ({refusal.message})"
-    yield TaskDone(task_id, float("inf"))
-    return ChangeRefused("TaskTimeout", f"the task did not finish within {timeout:g}s; {cancelled}")
+    overdue = f"the task did not finish within {timeout:g}s; {cancelled}"
+    yield TaskDone(task_id, float("inf"), f"{overdue}; nothing else happens to the VM until it ends")
+    return ChangeRefused("TaskTimeout", overdue)
