@@ -852,6 +852,8 @@ class Engine:
         self.dirty_all = True
 
     def _reconfigure(self, config: VCenterConfig, generation: int) -> None:
+        if (config, generation) == (self.config, self.generation):
+            return  # the echo of this engine's own status write: nothing changed
         reconnect = (
             config.server,
             config.credentials_secret,
