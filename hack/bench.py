@@ -70,7 +70,9 @@ def main() -> None:
     parser.add_argument("--no-loop", action="store_true", help="skip the per-VM loop")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy records each operator until its first complete status"
+        "--profile",
+        action="store_true",
+        help="py-spy records each operator: to its first complete status, then the rest",
     )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vtpm-bench-"))
@@ -127,12 +129,12 @@ def bench_operator(
     operator = kube.start_operator(plane, name, workdir / f"operator-{name}.log", profile)
     try:
         measure_first_status(k8s, sim, operator, expected, row)
-        operator.stop_profiler()
+        operator.profile_phase("steady")
         measure_idle(sim, args.quiet, row)
         measure_drift(k8s, sim, fleet, count, args, row)
         row.rss_peak = operator.peak_rss_mb()
     finally:
-        operator.stop_profiler()
+        operator.profile_phase("")
         operator.stop()
         k8s.custom.delete_cluster_custom_object(kube.GROUP, kube.VERSION, "vcenters", name)
     return row

@@ -144,13 +144,22 @@ class Operator:
     process: subprocess.Popen[bytes]
     started: float  # time.monotonic() right before the process was started
     log: Path
+    profile: Path | None = None  # where py-spy writes, when profiled
     profiler: subprocess.Popen[bytes] | None = None
 
-    def stop_profiler(self) -> None:
-        """End py-spy's recording (SIGINT makes it write its output)."""
+    def profile_phase(self, phase: str) -> None:
+        """End py-spy's recording of the phase before (SIGINT makes it write its output) and,
+        unless `phase` is empty, start recording the next into PROFILE-phase.txt."""
         if self.profiler is not None and self.profiler.poll() is None:
             self.profiler.send_signal(signal.SIGINT)
             self.profiler.wait(timeout=60)
+        self.profiler = None
+        if self.profile is None or not phase:
+            return
+        out = self.profile.with_name(f"{self.profile.stem}-{phase}.txt")
+        spy = [str(OPERATOR.with_name("py-spy")), "record", "--pid", str(self.process.pid), "--rate", "100",
+               "--nonblocking", "--format", "raw", "--threads", "--idle", "-o", str(out)]  # fmt: skip
+        self.profiler = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def peak_rss_mb(self) -> float:
         """VmHWM of the operator process (its peak resident set since start), in MB."""
@@ -170,8 +179,8 @@ class Operator:
 
 
 def start_operator(plane: ControlPlane, namespace: str, log: Path, profile: Path | None = None) -> Operator:
-    """Start `vtpm-operator run`; with `profile`, py-spy records it (raw folded stacks) from its
-    first instant until stop_profiler."""
+    """Start `vtpm-operator run`; with `profile`, py-spy records it (raw folded stacks, 100 Hz,
+    not pausing it) from its first instant, phase by phase (Operator.profile_phase)."""
     env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
     argv = [
         str(OPERATOR), "run",
@@ -183,9 +192,6 @@ def start_operator(plane: ControlPlane, namespace: str, log: Path, profile: Path
     with log.open("wb") as out:
         started = time.monotonic()
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    profiler = None
-    if profile is not None:
-        spy = [str(OPERATOR.with_name("py-spy")), "record", "--pid", str(process.pid), "--rate", "200",
-               "--format", "raw", "--threads", "--idle", "-o", str(profile)]  # fmt: skip
-        profiler = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return Operator(process, started, log, profiler)
+    operator = Operator(process, started, log, profile)
+    operator.profile_phase("start")
+    return operator
