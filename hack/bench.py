@@ -26,6 +26,7 @@ Not part of CI. Loopback and a shared 2-core machine: absolute times are noisy, 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -69,6 +70,12 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=50)
     parser.add_argument("--no-loop", action="store_true", help="skip the per-VM loop")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--operator-src",
+        type=Path,
+        default=None,
+        help="run the vtpm_operator package in this directory (e.g. `git archive REV operator | tar -x`)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -126,7 +133,7 @@ def bench_operator(
     row = Row(size, count)
     sim.admin.reset_call_counts()
     profile = workdir / f"profile-{name}.txt" if args.profile else None
-    operator = kube.start_operator(plane, name, workdir / f"operator-{name}.log", profile)
+    operator = kube.start_operator(plane, name, workdir / f"operator-{name}.log", profile, args.operator_src)
     try:
         measure_first_status(k8s, sim, operator, expected, row)
         operator.profile_phase("steady")
@@ -218,7 +225,8 @@ def drift(
 
 
 def note(text: str) -> None:
-    print(f"  [{time.strftime('%H:%M:%S')}] {text}", flush=True)
+    load = os.getloadavg()[0]  # the machine is shared: say how busy it was
+    print(f"  [{time.strftime('%H:%M:%S')} load {load:.1f}] {text}", flush=True)
 
 
 def fmt_list(values: Sequence[float]) -> str:

@@ -178,10 +178,15 @@ class Operator:
                 self.process.wait()
 
 
-def start_operator(plane: ControlPlane, namespace: str, log: Path, profile: Path | None = None) -> Operator:
+def start_operator(
+    plane: ControlPlane, namespace: str, log: Path, profile: Path | None = None, source: Path | None = None
+) -> Operator:
     """Start `vtpm-operator run`; with `profile`, py-spy records it (raw folded stacks, 100 Hz,
-    not pausing it) from its first instant, phase by phase (Operator.profile_phase)."""
+    not pausing it) from its first instant, phase by phase (Operator.profile_phase). `source`: a
+    directory holding another vtpm_operator package (an export of an older commit) to run instead."""
     env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)  # ahead of the editable install's path entry
     argv = [
         str(OPERATOR), "run",
         "--namespace", namespace,
