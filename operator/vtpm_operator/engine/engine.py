@@ -138,6 +138,7 @@ class Engine:
         self.stop_event = threading.Event()
         self.draining_until: float | None = None
         self.acting = False  # this replica held the lease at the last look
+        self.judged: tuple[list[claims.Claimant], dict[str, claims.SharedVM]] = ([], {})  # → claims.judge
 
     # --- from the Kubernetes side (any thread) --------------------------------------------------
     def upsert_policy(self, entry: PolicyEntry) -> None:
@@ -429,11 +430,16 @@ class Engine:
             return
         assert self.live is not None
         claimants = self._claimants()
+        # Who shares which VM depends on the claimants only (their selections are the same
+        # frozensets until a tag refresh replaces them, so comparing is cheap): judging it again
+        # for every changed VM cost ~0.2 s per evaluation at 10k VMs and 20 policies.
+        if claimants != self.judged[0]:
+            self.judged = (claimants, claims.judge(claimants))
         fleet = Fleet(
             self.live.vms,
             self.live.hosts,
             self.key_providers,
-            claims.judge(claimants),
+            self.judged[1],
             {vm: f.doing for vm, f in self.queue.flights.items()},
             dict.fromkeys(self.busy, "waiting for a task that is running on the VM"),
             self._holds(),
