@@ -69,6 +69,9 @@ class VMFacts:
     # The operator shut this VM down for a change and still owes it a power-on (a marker kept in
     # vCenter, so that the debt survives an interrupted change or an operator restart).
     power_on_owed: bool = False
+    # When the marker was written: with the VM still on, a guest shutdown may still be under way
+    # (asked by an earlier holder), and a second one must not be started on top of it.
+    power_off_asked_at: float | None = None
 
     @property
     def has_vtpm(self) -> bool:

@@ -25,7 +25,7 @@ from vtpm_operator.engine.queue import ChangeQueue, Finished, Flight, Wanted
 from vtpm_operator.engine.views import Fleet, PolicyView
 from vtpm_operator.engine.workflow import Plan, TaskDone, pay_debt, vtpm_change
 from vtpm_operator.events import Notice, notices_for
-from vtpm_operator.facts import About, KeyProvider, VMFacts
+from vtpm_operator.facts import About, KeyProvider, PowerState, VMFacts
 from vtpm_operator.planning import WAITING_FOR_TASK, Change, VMState, decide, pending
 from vtpm_operator.policy import DesiredVTPM, Mode, Policy
 from vtpm_operator.prerequisites import choose_key_provider, evaluate
@@ -601,6 +601,9 @@ class Engine:
             return None
         if self.busy.pop(vm_id, None) is not None:
             self.dirty_vms.add(vm_id)
+        if _shutdown_under_way(fresh, wanted.plan.power.shutdown_timeout):
+            self.busy[vm_id] = time.time() + self.settings.settle  # an earlier holder's shutdown
+            return None
         # The proof is fresher than the feed (the device list, not tpmPresent): the fleet view takes it.
         fresh = replace(
             fresh, guest_supports_tpm20=self.guest_support.get((fresh.host_id or "", fresh.guest_id))
@@ -621,6 +624,10 @@ class Engine:
         selection = self.selections.get(key)
         return selection.selected if selection is not None else frozenset()
 
+    def _longest_shutdown(self) -> float:
+        timeouts = [e.policy.power.shutdown_timeout for e in self.policies.values()]
+        return max(timeouts, default=600.0)
+
     def _pay_debts(self) -> None:
         assert self.live is not None and self.ops is not None and self.session is not None
         now = time.time()
@@ -638,7 +645,7 @@ class Engine:
             fresh = reads.read_proof(self.session, [vm.id], self.ops.marker_key()).get(vm.id)
             if fresh is None or not fresh.power_on_owed:
                 continue
-            if fresh.task_in_progress:
+            if fresh.task_in_progress or _shutdown_under_way(fresh, self._longest_shutdown()):
                 self.busy[vm.id] = now + self.settings.settle
                 continue
             self.busy.pop(vm.id, None)
@@ -898,6 +905,19 @@ _SUMMARY_FIELDS = {
     "Blocked": "blocked",
     "Failed": "failed",
 }
+
+
+def _shutdown_under_way(vm: VMFacts, timeout: float) -> bool:
+    """Marked for a power-on and still on, within the shutdown's timeout: a guest shutdown asked
+    by an earlier holder (a restart, a rollout) may still be running. Starting another, or taking
+    the marker away, would power-cycle the VM twice or leave it off."""
+    asked = vm.power_off_asked_at
+    return (
+        vm.power_on_owed
+        and vm.power_state is PowerState.ON
+        and asked is not None
+        and time.time() < asked + timeout
+    )
 
 
 def _facts_key(vm: VMFacts | None) -> str:

@@ -60,7 +60,7 @@ def vtpm_change(ops: ChangeOps, plan: Plan) -> Workflow:
         if change.restore_power:
             # Recorded in vCenter before the guest goes down: whatever happens next (a timeout, a
             # crash, a lost connection), the engine finds the debt and powers the VM on.
-            ops.set_marker(vm_id, plan.owner_uid)
+            ops.set_marker(vm_id, f"{plan.owner_uid}@{int(time.time())}")
         yield from shut_down(ops, change.vm, plan.power, plan.task_timeout)
         crashpoints.reached(CrashPoint.AFTER_SHUTDOWN)
     try:

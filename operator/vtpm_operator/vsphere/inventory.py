@@ -127,6 +127,7 @@ def vm_facts(
     guest_supports_tpm20: bool | None = None,
     missing_privileges: frozenset[str] = frozenset(),
     power_on_owed: bool = False,
+    power_off_asked_at: float | None = None,
 ) -> VMFacts:
     """Facts from one VM's properties; the keywords are what the other bulk reads found."""
     devices = props.get("config.hardware.device") or []
@@ -153,7 +154,14 @@ def vm_facts(
         missing_privileges=missing_privileges,
         is_template=bool(props.get("config.template")),
         power_on_owed=power_on_owed,
+        power_off_asked_at=power_off_asked_at,
     )
+
+
+def _marker_time(props: Properties, key: int | None) -> float | None:
+    value = next((str(v.value or "") for v in props.get("customValue") or [] if v.key == key), "")
+    _, _, when = value.rpartition("@")
+    return float(when) if when.isdigit() else None
 
 
 def has_marker(props: Properties, key: int | None) -> bool:
@@ -285,6 +293,7 @@ def read_proof(session: VCenterSession, vm_ids: Sequence[str], marker_key: int |
             busy=moid in busy,
             missing_privileges=missing.get(moid, frozenset()),
             power_on_owed=has_marker(p, marker_key),
+            power_off_asked_at=_marker_time(p, marker_key),
         )
         for moid, p in props.items()
     }

@@ -89,8 +89,16 @@ _VM_FIELDS: dict[str, Callable[[VMFacts, Any, int | None], VMFacts]] = {
     "summary.config.tpmPresent": lambda f, v, _: replace(f, vtpm_device_key=KEY_NOT_READ if v else None),
     "snapshot": lambda f, v, _: replace(f, has_snapshots=bool(v is not None and v.rootSnapshotList)),
     "guest.toolsRunningStatus": lambda f, v, _: replace(f, tools_running=v == "guestToolsRunning"),
-    "customValue": lambda f, v, key: replace(f, power_on_owed=marker_value(v, key) != ""),
+    "customValue": lambda f, v, key: replace(
+        f, power_on_owed=marker_value(v, key) != "", power_off_asked_at=marker_time(marker_value(v, key))
+    ),
 }
+
+
+def marker_time(value: str) -> float | None:
+    """When a power marker was written: its value is "<policy uid>@<unix time>"."""
+    _, _, when = value.rpartition("@")
+    return float(when) if when.isdigit() else None
 
 
 def marker_value(custom_values: Any, key: int | None) -> str:
