@@ -123,6 +123,9 @@ class Engine:
         self.synced_at: dict[str, float] = {}  # key → when its view was last known current
         self.totals: dict[str, dict[str, int]] = {}  # key → running totals, as recorded
         self.recorded: dict[str, Any] | None = None  # the change record as last handed over
+        # VM → the change started on it (action, owners): recorded, so that a change that took
+        # while the operator died is credited once, by whoever holds the vCenter next.
+        self.intents: dict[str, dict[str, Any]] = {}
         self.problem: PolicyProblem | None = None  # why vCenter cannot be read now
         self.about: About | None = None
         self.session: VCenterSession | None = None
@@ -246,6 +249,8 @@ class Engine:
             log.warning("vCenter %s: its change record cannot be read; waiting", self.name, exc_info=True)
             raise _NotYet from None
         self.retry.load_record(record.get("failures") or {})
+        for vm_id, intent in (record.get("intents") or {}).items():
+            self.intents.setdefault(vm_id, dict(intent))
         for key, totals in (record.get("totals") or {}).items():
             mine = self.totals.setdefault(key, {})
             for total, value in totals.items():
@@ -512,6 +517,7 @@ class Engine:
         for key in [k for k in self.views if k not in {c.key for c in claimants}]:
             del self.views[key]
         self.dirty_all, self.dirty_vms = False, set()
+        self._credit_recorded_intents()
         self.queue.want(self._wanted(fleet))
 
     def _holds(self) -> dict[str, Hold]:
@@ -572,6 +578,7 @@ class Engine:
                 vm_id,
                 ", ".join(wanted.owners),
             )
+            self.intents[vm_id] = {"action": plan.change.action.value, "owners": list(wanted.owners)}
             flight = Flight(
                 vm_id,
                 vtpm_change(self.ops, plan),
@@ -670,6 +677,7 @@ class Engine:
             vm_id = flight.vm_id
             self.settling[vm_id] = now + self.settings.settle
             self.dirty_vms.add(vm_id)
+            self.intents.pop(vm_id, None)
             after = proof.get(vm_id)
             ok = self._verified(done, after)
             metrics.observe_change(self.name, flight.action, "success" if ok else "error", done.seconds)
@@ -695,6 +703,23 @@ class Engine:
             return done.refusal is None
         wants = plan.change.action.value == "Add"
         return after is not None and after.has_vtpm == wants and done.refusal is None
+
+    def _credit_recorded_intents(self) -> None:
+        """Changes an earlier holder started and did not see end: one that took counts now, once."""
+        assert self.live is not None
+        for vm_id, intent in list(self.intents.items()):
+            if vm_id in self.queue.flights:
+                continue  # this holder's own change: _finish credits it
+            vm = self.live.vms.get(vm_id)
+            if vm is None:
+                del self.intents[vm_id]
+            elif vm.has_vtpm == (intent["action"] == "Add"):
+                del self.intents[vm_id]
+                for key in intent["owners"]:
+                    view = self.views.get(key)
+                    if view is not None:
+                        view.remediated.add(vm_id)
+                        view.changed = True
 
     def _credit(self, vm_id: str, flight: Flight) -> None:
         if flight.plan is None:
@@ -768,7 +793,11 @@ class Engine:
         return document
 
     def _record(self) -> None:
-        record = {"failures": self.retry.to_record(), "totals": dict(sorted(self.totals.items()))}
+        record = {
+            "failures": self.retry.to_record(),
+            "totals": dict(sorted(self.totals.items())),
+            "intents": dict(sorted(self.intents.items())),
+        }
         if record != self.recorded:
             self.recorded = record
             self.hooks.publisher.record(self.name, record)
