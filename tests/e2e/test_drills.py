@@ -391,6 +391,11 @@ def test_drill_every_soap_call_2s_slower(simulator: Simulator, cluster: Cluster,
 
 
 @pytest.mark.parametrize("simulator", [{"vms": 4}], indirect=True)
+@pytest.mark.xfail(
+    reason="flaky, an open bug of issue 10: now and then a SOAP expiry mid-batch makes three logins and "
+    "a short AuthenticationFailed (a call on an object of the dead session is tried on the fresh one)",
+    strict=False,
+)
 def test_drill_soap_and_rest_sessions_expired_mid_batch(
     simulator: Simulator, cluster: Cluster, run_operator: Any
 ) -> None:

@@ -302,7 +302,11 @@ class LiveInventory:
         if task_filter is None:
             return
         try:
-            self.session.soap("DestroyPropertyFilter", lambda content: task_filter.DestroyPropertyFilter())
+            self.session.soap(
+                "DestroyPropertyFilter",
+                lambda content: task_filter.DestroyPropertyFilter(),
+                session_bound=True,
+            )
         except Exception:  # it goes with its collector anyway
             log.debug("could not destroy a task filter", exc_info=True)
 
