@@ -641,9 +641,9 @@ class Engine:
         for vm in list(self.live.vms.values()):
             if not vm.power_on_owed or vm.id in self.queue.flights or vm.id in self.queue.queued:
                 continue
-            if self.settling.get(vm.id, 0.0) > now or self.retry.hold(vm.id, _facts_key(vm), now):
-                continue
             if max(self.settling.get(vm.id, 0.0), self.busy.get(vm.id, 0.0)) > now:
+                continue
+            if self.retry.hold(vm.id, _facts_key(vm), now):
                 continue
             if len(self.queue.flights) >= self.config.max_concurrent_changes:
                 return

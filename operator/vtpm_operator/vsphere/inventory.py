@@ -158,15 +158,22 @@ def vm_facts(
     )
 
 
-def _marker_time(props: Properties, key: int | None) -> float | None:
-    value = next((str(v.value or "") for v in props.get("customValue") or [] if v.key == key), "")
+def marker_value(custom_values: Any, key: int | None) -> str:
+    """The value of custom attribute `key` on an entity, "" when unset."""
+    if key is None:
+        return ""
+    return next((str(v.value or "") for v in custom_values or [] if v.key == key), "")
+
+
+def marker_time(value: str) -> float | None:
+    """When a power marker was written: its value is "<policy uid>@<unix time>"."""
     _, _, when = value.rpartition("@")
     return float(when) if when.isdigit() else None
 
 
 def has_marker(props: Properties, key: int | None) -> bool:
     """Whether the VM carries a non-empty value for the custom attribute `key`."""
-    return key is not None and any(v.key == key and v.value for v in props.get("customValue") or [])
+    return marker_value(props.get("customValue"), key) != ""
 
 
 def key_providers(session: VCenterSession) -> tuple[KeyProvider, ...]:
@@ -293,7 +300,7 @@ def read_proof(session: VCenterSession, vm_ids: Sequence[str], marker_key: int |
             busy=moid in busy,
             missing_privileges=missing.get(moid, frozenset()),
             power_on_owed=has_marker(p, marker_key),
-            power_off_asked_at=_marker_time(p, marker_key),
+            power_off_asked_at=marker_time(marker_value(p.get("customValue"), marker_key)),
         )
         for moid, p in props.items()
     }

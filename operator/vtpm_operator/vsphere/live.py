@@ -18,7 +18,7 @@ from pyVmomi import vim, vmodl
 
 from vtpm_operator.facts import KEY_NOT_READ, HostFacts, PowerState, VMFacts
 from vtpm_operator.vsphere.faults import describe
-from vtpm_operator.vsphere.inventory import VM_FACT_PATHS, parse_version
+from vtpm_operator.vsphere.inventory import VM_FACT_PATHS, marker_time, marker_value, parse_version
 from vtpm_operator.vsphere.session import SessionRenewed, VCenterSession
 
 log = logging.getLogger(__name__)
@@ -93,19 +93,6 @@ _VM_FIELDS: dict[str, Callable[[VMFacts, Any, int | None], VMFacts]] = {
         f, power_on_owed=marker_value(v, key) != "", power_off_asked_at=marker_time(marker_value(v, key))
     ),
 }
-
-
-def marker_time(value: str) -> float | None:
-    """When a power marker was written: its value is "<policy uid>@<unix time>"."""
-    _, _, when = value.rpartition("@")
-    return float(when) if when.isdigit() else None
-
-
-def marker_value(custom_values: Any, key: int | None) -> str:
-    """The value of custom attribute `key` on an entity, "" when unset."""
-    if key is None:
-        return ""
-    return next((str(v.value or "") for v in custom_values or [] if v.key == key), "")
 
 
 class LiveInventory:
