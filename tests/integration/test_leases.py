@@ -270,7 +270,9 @@ def release_all_of_a_stopped_process_lets_the_other_take_over_at_once(
     """Real timings: SIGTERM → release_all → the survivor takes the units at its next round (≤ 2 s)."""
     with child(control_plane, namespace, "leaving") as leaving:
         wait_for(
-            "the child holds all", lambda: set(lease_holders(kube_api, namespace).values()) == {"leaving"}, 20
+            "the child holds all",
+            lambda: lease_holders(kube_api, namespace) == dict.fromkeys(UNITS, "leaving"),
+            20,
         )
         before = {u: raw_lease(kube_api, namespace, unit_lease_name(u))["spec"] for u in UNITS}
         b = elector(kube_api, namespace, "b")
