@@ -26,10 +26,11 @@ from typing import Any
 import requests
 
 from testbed.vcsim import Simulator, running_simulator
+from vtpm_operator.connection import Credentials, Endpoint
 from vtpm_operator.prerequisites import ANY_CHANGE_ON_FOLDER, ANY_CHANGE_ON_VM
 from vtpm_operator.vsphere import inventory
 from vtpm_operator.vsphere.live import LiveInventory
-from vtpm_operator.vsphere.session import Credentials, Endpoint, VCenterSession
+from vtpm_operator.vsphere.session import VCenterSession
 
 _ENVELOPE = (
     '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '

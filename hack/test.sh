@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache
 gofmt_out=$(gofmt -l hack/vcsim)
 [ -z "$gofmt_out" ] || { echo "gofmt would change: $gofmt_out"; exit 1; }
 (cd hack/vcsim && GO111MODULE=off GOPATH=/usr/share/gocode go vet . )

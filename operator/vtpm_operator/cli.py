@@ -20,13 +20,14 @@ import durationpy
 
 from vtpm_operator import logs
 from vtpm_operator.api import parse_policy
+from vtpm_operator.connection import Credentials, Endpoint
 from vtpm_operator.facts import Inventory
 from vtpm_operator.planning import Plan, VMState, make_plan, pending
 from vtpm_operator.policy import DesiredVTPM, Mode, Policy, TagRef
 from vtpm_operator.problems import PolicyProblem
 from vtpm_operator.vsphere.client import VSphereClient
 from vtpm_operator.vsphere.faults import describe
-from vtpm_operator.vsphere.session import Credentials, Endpoint, VCenterSession
+from vtpm_operator.vsphere.session import VCenterSession
 
 
 def main(argv: Sequence[str] | None = None) -> int:

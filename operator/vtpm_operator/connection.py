@@ -12,7 +12,7 @@ import binascii
 import re
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from vtpm_operator.problems import PolicyProblem, ProblemReason
@@ -42,6 +42,23 @@ def split_server(server: str) -> tuple[str, int]:
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} is outside 1-65535")
     return match["ipv6"] or match["host"], port
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    server: str  # host or host:port
+    ca_pem: str | None = None  # CA that signs vCenter's certificate; None: the system's CAs
+    insecure_skip_verify: bool = False
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_server(self.server)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)  # never in logs, events or status
 
 
 class SelectorOperator(StrEnum):

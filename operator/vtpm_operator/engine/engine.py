@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from vtpm_operator import claims, metrics
-from vtpm_operator.connection import VCenterConfig
+from vtpm_operator.connection import Credentials, Endpoint, VCenterConfig
 from vtpm_operator.engine.queue import ChangeQueue, Finished, Flight, Wanted
 from vtpm_operator.engine.views import Fleet, PolicyView
 from vtpm_operator.engine.workflow import Plan, TaskDone, pay_debt, vtpm_change
@@ -37,7 +37,7 @@ from vtpm_operator.vsphere import inventory as reads
 from vtpm_operator.vsphere.changes import ChangeOps
 from vtpm_operator.vsphere.faults import describe
 from vtpm_operator.vsphere.live import LiveInventory
-from vtpm_operator.vsphere.session import Credentials, Endpoint, VCenterSession
+from vtpm_operator.vsphere.session import VCenterSession
 from vtpm_operator.vsphere.tags import TagMap, tags_missing_message
 
 log = logging.getLogger(__name__)

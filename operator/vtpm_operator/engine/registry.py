@@ -16,11 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vtpm_operator.api import parse_policy, parse_vcenter
-from vtpm_operator.connection import VCenterConfig
+from vtpm_operator.connection import Credentials, Endpoint, VCenterConfig
 from vtpm_operator.engine.engine import WAIT, Engine, EngineSettings, Hooks, PolicyEntry, Publisher
 from vtpm_operator.problems import PolicyProblem, ProblemReason
 from vtpm_operator.status import build_status, vcenter_status
-from vtpm_operator.vsphere.session import Credentials, Endpoint
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,8 @@ from collections.abc import Mapping
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from vtpm_operator.connection import VCenterConfig, decode_ca, decode_secret
+from vtpm_operator.connection import Credentials, Endpoint, VCenterConfig, decode_ca, decode_secret
 from vtpm_operator.problems import PolicyProblem, ProblemReason
-from vtpm_operator.vsphere.session import Credentials, Endpoint
 
 
 class SecretReader:

@@ -10,7 +10,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import requests
@@ -18,7 +17,7 @@ from pyVim.connect import Disconnect, SmartStubAdapter
 from pyVmomi import vim, vmodl
 
 from vtpm_operator import metrics
-from vtpm_operator.connection import split_server
+from vtpm_operator.connection import Credentials, Endpoint
 from vtpm_operator.facts import About
 from vtpm_operator.problems import PolicyProblem, ProblemReason
 
@@ -27,23 +26,6 @@ T = TypeVar("T")
 
 SOAP_TIMEOUT_SECONDS = 60
 REST_TIMEOUT_SECONDS = 30
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    server: str  # host or host:port
-    ca_pem: str | None = None  # CA that signs vCenter's certificate; None: the system's CAs
-    insecure_skip_verify: bool = False
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        return split_server(self.server)
-
-
-@dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: str = field(repr=False)  # never in logs, events or status
 
 
 class VCenterSession:
