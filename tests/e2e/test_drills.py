@@ -168,11 +168,11 @@ def settle(
 
 # --- drills -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("simulator", [{"vms": 6}], indirect=True)
-def test_drill_holder_sigkilled_mid_batch(simulator: Simulator, cluster: Cluster, run_operator: Any) -> None:
+def test_drill_holder_sigkilled_mid_batch(simulator: Simulator, cluster: Cluster, run_process: Any) -> None:
     """Two replicas; the holder dies mid-batch: the other takes over within 17 s and finishes."""
     ids = cycling_fleet(simulator, 6, shutdown_delay=2)
     vcenter = cluster.vcenter(simulator)
-    replicas = [run_operator(*FAST), run_operator(*FAST)]
+    replicas = [run_process(*FAST), run_process(*FAST)]
     cluster.apply(cycling_policy("batch", vcenter, maxConcurrent=2))
     holder = wait_holder(cluster, vcenter, replicas, timeout=30)
     wait_calls(simulator, "ReconfigVM_Task", 2)
@@ -195,18 +195,18 @@ def test_drill_holder_sigkilled_mid_batch(simulator: Simulator, cluster: Cluster
 @pytest.mark.parametrize("point", ["after-shutdown", "after-reconfigure", "before-status-write"])
 @pytest.mark.parametrize("simulator", [{"vms": 1}], indirect=True)
 def test_drill_sigkill_at_crash_point(
-    simulator: Simulator, cluster: Cluster, run_operator: Any, point: str
+    simulator: Simulator, cluster: Cluster, run_process: Any, point: str
 ) -> None:
     """Killed at the worst moments: after a restart the vTPM is there once, the VM on again, and
     remediatedTotal counts it exactly once."""
     ids = cycling_fleet(simulator, 1, shutdown_delay=0)
     vcenter = cluster.vcenter(simulator)
     cluster.apply(cycling_policy("crash", vcenter))
-    crashing = run_operator(*FAST, env={"VTPM_TEST_CRASH_AT": point})
+    crashing = run_process(*FAST, env={"VTPM_TEST_CRASH_AT": point})
     assert crashing.process.wait(timeout=60) == -signal.SIGKILL
     reached = calls(simulator, *CYCLE)
 
-    run_operator(*FAST)
+    run_process(*FAST)
     wait_vms(simulator, ids, ("poweredOn", 1), timeout=60)
     counts = calls(simulator, *CYCLE)
     assert counts["ShutdownGuest"] == 1 and counts["ReconfigVM_Task"] == 1, (reached, counts)
@@ -217,16 +217,16 @@ def test_drill_sigkill_at_crash_point(
 
 @pytest.mark.parametrize("simulator", [{"vms": 4}], indirect=True)
 def test_drill_sigterm_mid_batch_as_in_a_rollout(
-    simulator: Simulator, cluster: Cluster, run_operator: Any
+    simulator: Simulator, cluster: Cluster, run_process: Any
 ) -> None:
     """The old pod gets SIGTERM while the new one waits: it exits within the grace period and the
     new holder leaves nothing off that was on, with no VM power-cycled twice."""
     ids = cycling_fleet(simulator, 4, shutdown_delay=6)  # guests still going down at the handover
     vcenter = cluster.vcenter(simulator)
-    old = run_operator(*FAST)
+    old = run_process(*FAST)
     cluster.apply(cycling_policy("rollout", vcenter, maxConcurrent=2))
     wait_holder(cluster, vcenter, [old], timeout=30)
-    new = run_operator(*FAST)
+    new = run_process(*FAST)
     wait_calls(simulator, "ShutdownGuest", 3)  # the second wave is shutting down
 
     old.process.send_signal(signal.SIGTERM)
@@ -247,7 +247,7 @@ def test_drill_sigterm_mid_batch_as_in_a_rollout(
 
 @pytest.mark.parametrize("simulator", [{"vms": 5}], indirect=True)
 def test_drill_api_server_stopped_for_30s_mid_batch(
-    simulator: Simulator, cluster: Cluster, run_operator: Any, control_plane: ControlPlane
+    simulator: Simulator, cluster: Cluster, run_process: Any, control_plane: ControlPlane
 ) -> None:
     """The API server stops answering (SIGSTOP, as a partition looks to the operator) for 30 s:
     no change starts once the lease could not be renewed, the batch resumes under a lease, and no
@@ -256,7 +256,7 @@ def test_drill_api_server_stopped_for_30s_mid_batch(
     apiserver = control_plane.pids[1]  # etcd, kube-apiserver, kube-controller-manager
     ids = cycling_fleet(simulator, 5, shutdown_delay=4)
     vcenter = cluster.vcenter(simulator)
-    operator = run_operator(*FAST)
+    operator = run_process(*FAST)
     cluster.apply(cycling_policy("partition", vcenter, maxConcurrent=1))
     wait_holder(cluster, vcenter, [operator], timeout=30)
     wait_calls(simulator, "ShutdownGuest", 1)
@@ -315,7 +315,7 @@ def _without_policy_status(role: dict[str, Any]) -> dict[str, Any]:
 def test_drill_status_write_refused(
     simulator: Simulator,
     cluster: Cluster,
-    run_operator: Any,
+    run_process: Any,
     kubectl: Any,
     control_plane: ControlPlane,
     tmp_path: Path,
@@ -331,7 +331,7 @@ def test_drill_status_write_refused(
         vcenter = cluster.vcenter(simulator)
         kubectl("apply", "-f", "-", input=yaml.safe_dump(_without_policy_status(role)))
         kubeconfig = _service_account_kubeconfig(cluster, control_plane, tmp_path / "sa.kubeconfig")
-        operator = run_operator("--retry-base", "4s", kubeconfig=kubeconfig)
+        operator = run_process("--retry-base", "4s", kubeconfig=kubeconfig)
         simulator.admin.inject_fault(method="ReconfigVM_Task", count=1, fault="GenericVmConfigFault")
         cluster.apply(cycling_policy("refused", vcenter, maxConcurrent=1))
 
@@ -358,11 +358,11 @@ def test_drill_status_write_refused(
 
 
 @pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
-def test_drill_every_soap_call_2s_slower(simulator: Simulator, cluster: Cluster, run_operator: Any) -> None:
+def test_drill_every_soap_call_2s_slower(simulator: Simulator, cluster: Cluster, run_process: Any) -> None:
     """A slow vCenter: the batch completes with no new login, nothing Failed, the lease held."""
     ids = cycling_fleet(simulator, 2, shutdown_delay=0)
     vcenter = cluster.vcenter(simulator)
-    operator = run_operator(*FAST)
+    operator = run_process(*FAST)
     deadline = time.monotonic() + 60
     while simulator.admin.auth_counters().soap_logins == 0:  # logged in, before any policy
         assert time.monotonic() < deadline, cluster.vcenter_object(vcenter).get("status")
@@ -391,18 +391,13 @@ def test_drill_every_soap_call_2s_slower(simulator: Simulator, cluster: Cluster,
 
 
 @pytest.mark.parametrize("simulator", [{"vms": 4}], indirect=True)
-@pytest.mark.xfail(
-    reason="flaky, an open bug of issue 10: now and then a SOAP expiry mid-batch makes three logins and "
-    "a short AuthenticationFailed (a call on an object of the dead session is tried on the fresh one)",
-    strict=False,
-)
 def test_drill_soap_and_rest_sessions_expired_mid_batch(
-    simulator: Simulator, cluster: Cluster, run_operator: Any
+    simulator: Simulator, cluster: Cluster, run_process: Any
 ) -> None:
     """Both sessions expire mid-batch: each is renewed once, nothing Failed."""
     ids = cycling_fleet(simulator, 4, shutdown_delay=2)
     vcenter = cluster.vcenter(simulator)
-    run_operator(*FAST)
+    run_process(*FAST)
     cluster.apply(cycling_policy("expiry", vcenter, maxConcurrent=1))
     wait_calls(simulator, "ReconfigVM_Task", 1)
     simulator.admin.reset_auth_counters()
@@ -424,7 +419,7 @@ def test_drill_soap_and_rest_sessions_expired_mid_batch(
 
 @pytest.mark.parametrize("simulator", [{"vms": 1}], indirect=True)
 def test_drill_reconfigure_task_that_never_ends(
-    simulator: Simulator, cluster: Cluster, run_operator: Any
+    simulator: Simulator, cluster: Cluster, run_process: Any
 ) -> None:
     """vCenter accepts the cancel but the task runs on: cancelled at the deadline, the VM Failed
     with a message saying so, and no power-on until the task really ends."""
@@ -432,7 +427,7 @@ def test_drill_reconfigure_task_that_never_ends(
     vm = ids["vm-0"]
     simulator.admin.hang_next_reconfigure(vm, cancel="ignore")
     vcenter = cluster.vcenter(simulator)
-    run_operator("--task-timeout", "6s", "--retry-base", "2s")
+    run_process("--task-timeout", "6s", "--retry-base", "2s")
     cluster.apply(cycling_policy("hang", vcenter))
     wait_calls(simulator, "ReconfigVM_Task", 1)
     submitted = time.monotonic()
@@ -461,14 +456,14 @@ def test_drill_reconfigure_task_that_never_ends(
 
 @pytest.mark.parametrize("simulator", [{"vms": 1}], indirect=True)
 def test_drill_vm_vcenter_refuses_every_time(
-    simulator: Simulator, cluster: Cluster, run_operator: Any
+    simulator: Simulator, cluster: Cluster, run_process: Any
 ) -> None:
     """A refusal the checks do not model: power-cycled exactly K (3) times, then Failed with
     RetriesExhausted and vCenter's message; the retry annotation earns it another try."""
     ids = cycling_fleet(simulator, 1, shutdown_delay=0)
     simulator.admin.inject_fault(method="ReconfigVM_Task", count=1000, fault="GenericVmConfigFault")
     vcenter = cluster.vcenter(simulator)
-    run_operator("--retry-base", "1s", "--retry-limit", "3")
+    run_process("--retry-base", "1s", "--retry-limit", "3")
     cluster.apply(cycling_policy("refused", vcenter))
 
     exhausted = cluster.wait_for(
@@ -492,13 +487,13 @@ def test_drill_vm_vcenter_refuses_every_time(
 
 @pytest.mark.parametrize("simulator", [{"vms": 4}], indirect=True)
 def test_drill_vcenter_restarts_for_60s_mid_batch(
-    simulator: Simulator, cluster: Cluster, run_operator: Any
+    simulator: Simulator, cluster: Cluster, run_process: Any
 ) -> None:
     """The endpoint stops for 60 s and its sessions die with it: no queued VM turns Failed, at most
     one login per backoff step, and afterwards every queued VM is changed exactly once, none left off."""
     ids = cycling_fleet(simulator, 4, shutdown_delay=2)
     vcenter = cluster.vcenter(simulator)
-    run_operator(*FAST)
+    run_process(*FAST)
     cluster.apply(cycling_policy("restart", vcenter, maxConcurrent=1))
     wait_calls(simulator, "ReconfigVM_Task", 1)
     simulator.admin.stop_endpoint()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from pyVmomi import vim
 from testbed.fleet import CATEGORY, EXEMPT_TAG, REQUIRED_TAG, VMSpec, build_fleet
 from testbed.vcsim import Simulator, connect, disconnect, wait_task
 from vtpm_operator.api import parse_policy
+from vtpm_operator.connection import Credentials, Endpoint
 from vtpm_operator.facts import KEY_NOT_READ, PowerState
 from vtpm_operator.policy import Policy, TagRef
 from vtpm_operator.problems import PolicyProblem, ProblemReason
@@ -18,7 +20,7 @@ from vtpm_operator.vsphere import inventory
 from vtpm_operator.vsphere.changes import ChangeOps
 from vtpm_operator.vsphere.client import VSphereClient
 from vtpm_operator.vsphere.live import LiveInventory
-from vtpm_operator.vsphere.session import Credentials, Endpoint, VCenterSession
+from vtpm_operator.vsphere.session import VCenterSession
 from vtpm_operator.vsphere.tags import TagMap
 
 
@@ -166,3 +168,56 @@ def test_wrong_password_and_untrusted_certificate_are_named(simulator: Simulator
         client_for(simulator, ca_pem=other_ca.read_text()).read_inventory(policy_for(simulator))
     assert untrusted.value.reason is ProblemReason.CERTIFICATE_NOT_TRUSTED
     assert not untrusted.value.transient
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_a_task_watched_after_the_session_expired_costs_one_login_and_no_fault(simulator: Simulator) -> None:
+    """The task filter belongs to the collector of the dead session: asking it again on the fresh
+    session would fail a second time, drop the fresh session and report AuthenticationFailed."""
+    fleet = build_fleet(simulator, [VMSpec("a", powered_on=True)])
+    session = session_for(simulator)
+    live = live_for(session)
+    try:
+        assert live.poll(0).filled
+        task_id = ChangeOps(session).power_off(fleet.ids["a"])
+        assert simulator.admin.expire_sessions() >= 1
+        simulator.admin.reset_call_counts()
+        live.watch_tasks({task_id})  # meets NotAuthenticated on the old collector
+        deadline = time.monotonic() + 10
+        while not (task_id in live.tasks and live.tasks[task_id].ended):
+            assert time.monotonic() < deadline, live.tasks
+            live.poll(1)
+    finally:
+        live.close()
+        session.close()
+    assert live.tasks[task_id].state == "success"
+    assert simulator.admin.call_counts()["Login"] == 1
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 3}], indirect=True)
+def test_fleet_privileges_name_what_is_missing_on_each_vm_and_on_its_folder(simulator: Simulator) -> None:
+    """One HasPrivilegeOnEntities for the fleet, its answer read as XML: a role without
+    Cryptographer.Encrypt on a folder shows on its VM, one without EncryptNew on the folder too."""
+    fleet = build_fleet(simulator, [VMSpec("restricted"), VMSpec("free")])
+    si = connect(simulator)
+    try:
+        datacenter = si.content.rootFolder.childEntity[0]
+        folder = datacenter.vmFolder.CreateFolder("no-encrypt")
+        vm = vim.VirtualMachine(fleet.ids["restricted"], si._stub)
+        wait_task(si, folder.MoveIntoFolder_Task([vm]))
+    finally:
+        disconnect(si)
+    lacking = {"Cryptographer.Encrypt", "Cryptographer.EncryptNew"}
+    simulator.admin.create_role("NoEncrypt", sorted(set(simulator.admin.privileges()) - lacking))
+    simulator.admin.set_permission(folder._moId, simulator.username, "NoEncrypt", propagate=True)
+    session = session_for(simulator)
+    live = live_for(session)
+    try:
+        live.poll(0)
+        folder_of = {vm_id: live.vms[vm_id].folder_id for vm_id in fleet.ids.values()}
+        missing = inventory.fleet_privileges(session, folder_of)
+    finally:
+        live.close()
+        session.close()
+    assert folder_of[fleet.ids["restricted"]] == folder._moId
+    assert missing == {fleet.ids["restricted"]: frozenset(lacking), fleet.ids["free"]: frozenset()}

@@ -11,6 +11,7 @@ from pyVmomi import vim, vmodl
 from vtpm_operator.facts import HostFacts, KeyProvider, PowerState, VMFacts
 from vtpm_operator.prerequisites import ANY_CHANGE_ON_FOLDER, ANY_CHANGE_ON_VM
 from vtpm_operator.problems import PolicyProblem
+from vtpm_operator.vsphere import lean
 from vtpm_operator.vsphere.faults import describe
 from vtpm_operator.vsphere.session import VCenterSession
 
@@ -211,14 +212,20 @@ def missing_privileges(
 
     def call(content: Any) -> dict[str, frozenset[str]]:
         manager = content.authorizationManager
-        answers = manager.HasPrivilegeOnEntities(
-            entity=[kind(moid, manager._stub) for kind, moid in required],
-            sessionId=content.sessionManager.currentSession.key,
-            privId=wanted,
+        answer = lean.invoke(  # as XML: a fleet's answer is one object per VM and privilege
+            manager,
+            "HasPrivilegeOnEntities",
+            [kind(moid, manager._stub) for kind, moid in required],
+            content.sessionManager.currentSession.key,
+            wanted,
         )
         granted = {
-            answer.entity._moId: {a.privId for a in answer.privAvailability or [] if a.isGranted}
-            for answer in answers or []
+            lean.text(entity, "entity"): {
+                lean.text(a, "privId")
+                for a in lean.children(entity, "privAvailability")
+                if lean.text(a, "isGranted") == "true"
+            }
+            for _, entity in lean.returned(answer)
         }
         return {moid: frozenset(privs - granted.get(moid, set())) for (_, moid), privs in required.items()}
 

@@ -4,7 +4,8 @@ The filter's first WaitForUpdatesEx is the fill, paged with maxObjectUpdates and
 every later call brings only what changed. There is one full read, not a read and then a watch.
 The same private collector also watches the tasks of changes in flight, so one WaitForUpdatesEx
 serves the inventory and every change. What is kept is compact facts, never pyVmomi objects:
-each update is converted as it arrives and the update itself is dropped.
+each page is read as XML (vsphere/lean.py: pyVmomi's decoding of 10k VMs costs seconds), converted
+as it arrives, and dropped.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
+from xml.etree.ElementTree import Element
 
 from pyVmomi import vim, vmodl
 
 from vtpm_operator.facts import KEY_NOT_READ, HostFacts, PowerState, VMFacts
-from vtpm_operator.vsphere.faults import describe
+from vtpm_operator.vsphere import lean
 from vtpm_operator.vsphere.inventory import VM_FACT_PATHS, marker_time, marker_value, parse_version
 from vtpm_operator.vsphere.session import SessionRenewed, VCenterSession
 
 log = logging.getLogger(__name__)
 
 PAGE_OBJECTS = 1000
+_OBJECT_UPDATE, _VERSION, _TRUNCATED = (lean.VIM + tag for tag in ("objectSet", "version", "truncated"))
 VM_PATHS = (*VM_FACT_PATHS, "summary.config.tpmPresent")
 HOST_PATHS = ("name", "config.product.version", "parent")
 
@@ -67,31 +70,32 @@ def _blank_vm(moid: str) -> VMFacts:
     )
 
 
-def _moid(value: Any) -> str | None:
-    return value._moId if value is not None else None
-
-
-def _version(value: Any) -> int:
-    text = str(value or "vmx-0").removeprefix("vmx-")
+def _version(value: str) -> int:
+    text = (value or "vmx-0").removeprefix("vmx-")
     return int(text) if text.isdigit() else 0
 
 
-# How each watched VM property lands in the facts; values come already decoded by pyVmomi.
-_VM_FIELDS: dict[str, Callable[[VMFacts, Any, int | None], VMFacts]] = {
-    "name": lambda f, v, _: replace(f, name=str(v or f.id)),
-    "parent": lambda f, v, _: replace(f, folder_id=v._moId if isinstance(v, vim.Folder) else None),
-    "runtime.powerState": lambda f, v, _: replace(f, power_state=PowerState(v or "poweredOn")),
-    "runtime.host": lambda f, v, _: replace(f, host_id=_moid(v)),
-    "config.firmware": lambda f, v, _: replace(f, firmware=str(v or "bios")),
-    "config.version": lambda f, v, _: replace(f, hardware_version=_version(v)),
-    "config.guestId": lambda f, v, _: replace(f, guest_id=str(v or "")),
-    "config.template": lambda f, v, _: replace(f, is_template=bool(v)),
-    "summary.config.tpmPresent": lambda f, v, _: replace(f, vtpm_device_key=KEY_NOT_READ if v else None),
-    "snapshot": lambda f, v, _: replace(f, has_snapshots=bool(v is not None and v.rootSnapshotList)),
-    "guest.toolsRunningStatus": lambda f, v, _: replace(f, tools_running=v == "guestToolsRunning"),
-    "customValue": lambda f, v, key: replace(
-        f, power_on_owed=marker_value(v, key) != "", power_off_asked_at=marker_time(marker_value(v, key))
+def _marker(facts: VMFacts, value: Element | None, key: int | None) -> VMFacts:
+    marker = marker_value(lean.custom_values(value), key)
+    return replace(facts, power_on_owed=marker != "", power_off_asked_at=marker_time(marker))
+
+
+# How each watched VM property lands in the facts, from its <val> element (None once removed).
+_VM_FIELDS: dict[str, Callable[[VMFacts, Element | None, int | None], VMFacts]] = {
+    "name": lambda f, v, _: replace(f, name=lean.text(v) or f.id),
+    "parent": lambda f, v, _: replace(f, folder_id=lean.moref(v, "Folder")),
+    "runtime.powerState": lambda f, v, _: replace(f, power_state=PowerState(lean.text(v) or "poweredOn")),
+    "runtime.host": lambda f, v, _: replace(f, host_id=lean.moref(v)),
+    "config.firmware": lambda f, v, _: replace(f, firmware=lean.text(v) or "bios"),
+    "config.version": lambda f, v, _: replace(f, hardware_version=_version(lean.text(v))),
+    "config.guestId": lambda f, v, _: replace(f, guest_id=lean.text(v)),
+    "config.template": lambda f, v, _: replace(f, is_template=lean.text(v) == "true"),
+    "summary.config.tpmPresent": lambda f, v, _: replace(
+        f, vtpm_device_key=KEY_NOT_READ if lean.text(v) == "true" else None
     ),
+    "snapshot": lambda f, v, _: replace(f, has_snapshots=any(lean.children(v, "rootSnapshotList"))),
+    "guest.toolsRunningStatus": lambda f, v, _: replace(f, tools_running=lean.text(v) == "guestToolsRunning"),
+    "customValue": _marker,
 }
 
 
@@ -165,7 +169,9 @@ class LiveInventory:
             return
         try:
             self.session.soap(
-                "DestroyPropertyCollector", lambda content: collector.DestroyPropertyCollector()
+                "DestroyPropertyCollector",
+                lambda content: collector.DestroyPropertyCollector(),
+                session_bound=True,
             )
         except Exception:  # it dies with the session anyway
             log.debug("could not destroy the inventory collector", exc_info=True)
@@ -181,24 +187,22 @@ class LiveInventory:
                 maxWaitSeconds=wait, maxObjectUpdates=self.page_objects
             )
             try:
-                update = self._wait(options)
+                page = self._wait(options)
             except (SessionRenewed, vmodl.fault.ManagedObjectNotFound):  # the collector died with its session
                 self.restart()
                 continue
-            if update is not None:
-                self._version = update.version
-                self._apply(update, delta)
-            if not (update is not None and update.truncated):
+            if not self._apply(page, delta):
                 break
         if self._filling:
             self._finish_fill(delta)
         return delta
 
-    def _wait(self, options: Any) -> Any:
+    def _wait(self, options: Any) -> bytes:
+        """One page of the UpdateSet, as XML (no returnval when nothing changed within the wait)."""
         collector, version = self._collector, self._version
         return self.session.soap(
             "WaitForUpdatesEx",
-            lambda content: collector.WaitForUpdatesEx(version, options),
+            lambda content: lean.invoke(collector, "WaitForUpdatesEx", version, options),
             idempotent=False,
             session_bound=True,
         )
@@ -211,46 +215,59 @@ class LiveInventory:
         self._filling = False
         delta.filled = True
 
-    def _apply(self, update: Any, delta: Delta) -> None:
+    def _apply(self, page: bytes, delta: Delta) -> bool:
+        """Take in one UpdateSet page, object by object; whether vCenter truncated it (more follow)."""
         key = self.marker_key()
-        for filter_update in update.filterSet or []:
-            for change in filter_update.objectSet or []:
-                obj = change.obj
-                if isinstance(obj, vim.Task):
-                    self._apply_task(obj._moId, change.changeSet or [], delta)
-                elif isinstance(obj, vim.VirtualMachine):
-                    self._apply_vm(obj._moId, change, key, delta)
-                elif isinstance(obj, vim.HostSystem):
-                    self._apply_host(obj._moId, change)
-                    delta.hosts = True
+        truncated = False
+        for level, element in lean.returned(page, depth=3):  # returnval/filterSet/objectSet
+            if level == 3 and element.tag == _OBJECT_UPDATE:
+                self._apply_object(element, key, delta)
+            elif level == 2 and element.tag == _VERSION:
+                self._version = element.text or ""
+            elif level == 2 and element.tag == _TRUNCATED:
+                truncated = element.text == "true"
+        return truncated
 
-    def _apply_vm(self, moid: str, change: Any, key: int | None, delta: Delta) -> None:
-        if change.kind == "leave":
+    def _apply_object(self, change: Element, key: int | None, delta: Delta) -> None:
+        obj = change.find(lean.VIM + "obj")
+        moid, kind = lean.text(obj), obj.get("type", "") if obj is not None else ""
+        props = _changes(change)
+        if kind == "Task":
+            self._apply_task(moid, props, delta)
+        elif kind == "VirtualMachine":
+            self._apply_vm(moid, lean.text(change, "kind"), props, key, delta)
+        elif kind == "HostSystem":
+            self._apply_host(moid, lean.text(change, "kind"), props)
+            delta.hosts = True
+
+    def _apply_vm(
+        self, moid: str, kind: str, props: dict[str, Element | None], key: int | None, delta: Delta
+    ) -> None:
+        if kind == "leave":
             if self.vms.pop(moid, None) is not None:
                 delta.removed.add(moid)
             return
         if self._filling:
             self._seen_in_fill.add(moid)
         facts = self.vms.get(moid) or _blank_vm(moid)
-        for prop in change.changeSet or []:
-            apply = _VM_FIELDS.get(prop.name)
+        for name, value in props.items():
+            apply = _VM_FIELDS.get(name)
             if apply is not None:
-                facts = apply(facts, None if prop.op == "remove" else prop.val, key)
+                facts = apply(facts, value, key)
         self.vms[moid] = facts
         delta.vms.add(moid)
 
-    def _apply_host(self, moid: str, change: Any) -> None:
-        if change.kind == "leave":
+    def _apply_host(self, moid: str, kind: str, props: dict[str, Element | None]) -> None:
+        if kind == "leave":
             self.hosts.pop(moid, None)
             return
         host = self.hosts.get(moid) or HostFacts(moid, moid, ())
-        for prop in change.changeSet or []:
-            if prop.name == "name":
-                host = replace(host, name=str(prop.val))
-            elif prop.name == "config.product.version":
-                host = replace(host, version=parse_version(str(prop.val or "")))
-            elif prop.name == "parent" and prop.val is not None:
-                self.host_parents[moid] = prop.val._moId
+        if "name" in props:
+            host = replace(host, name=lean.text(props["name"]) or moid)
+        if "config.product.version" in props:
+            host = replace(host, version=parse_version(lean.text(props["config.product.version"])))
+        if (parent := lean.moref(props.get("parent"))) is not None:
+            self.host_parents[moid] = parent
         self.hosts[moid] = host
 
     # --- tasks of changes in flight ---------------------------------------------------------
@@ -281,6 +298,7 @@ class LiveInventory:
             "CreateFilter",
             lambda content: collector.CreateFilter(spec, partialUpdates=False),
             idempotent=False,
+            session_bound=True,  # on the collector of this session: never to be tried on a fresh one
         )
 
     def forget_task(self, task_id: str) -> None:
@@ -297,13 +315,21 @@ class LiveInventory:
         except Exception:  # it goes with its collector anyway
             log.debug("could not destroy a task filter", exc_info=True)
 
-    def _apply_task(self, task_id: str, changes: list[Any], delta: Delta) -> None:
-        values = {prop.name: prop.val for prop in changes}
+    def _apply_task(self, task_id: str, props: dict[str, Element | None], delta: Delta) -> None:
         earlier = self.tasks.get(task_id, TaskResult("queued"))
-        state = str(values.get("info.state", earlier.state))
-        error = values.get("info.error")
+        state = lean.text(props["info.state"]) if "info.state" in props else earlier.state
+        error = props.get("info.error")
         if error is None:
             self.tasks[task_id] = TaskResult(state, earlier.fault, earlier.error)
         else:
-            self.tasks[task_id] = TaskResult(state, type(error).__name__.split(".")[-1], describe(error))
+            self.tasks[task_id] = TaskResult(state, *lean.describe_fault(error))
         delta.tasks.add(task_id)
+
+
+def _changes(object_update: Element) -> dict[str, Element | None]:
+    """Property path → its new <val> (None where the op removed it), in the order vCenter sent them."""
+    changes: dict[str, Element | None] = {}
+    for change in lean.children(object_update, "changeSet"):
+        removed = lean.text(change, "op") == "remove"
+        changes[lean.text(change, "name")] = None if removed else change.find(lean.VIM + "val")
+    return changes

@@ -1,0 +1,93 @@
+"""Reading vim25 answers as XML: the shapes vCenter sends for the values the inventory keeps."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from vtpm_operator.vsphere import lean
+
+_NS = 'xmlns="urn:vim25" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
+
+
+def element(body: str) -> ET.Element:
+    return ET.fromstring(f"<val {_NS}>{body}</val>")
+
+
+def test_a_moref_is_read_with_its_type_and_only_of_the_type_asked() -> None:
+    parent = ET.fromstring(f'<val {_NS} type="Folder" xsi:type="ManagedObjectReference">group-v3</val>')
+    assert lean.moref(parent) == "group-v3"
+    assert lean.moref(parent, "Folder") == "group-v3"
+    assert lean.moref(parent, "VirtualApp") is None
+    assert lean.moref(None) is None
+
+
+def test_custom_values_keep_string_values_by_key() -> None:
+    values = element(
+        '<CustomFieldValue xsi:type="CustomFieldStringValue"><key>101</key><value>uid@1700000000</value>'
+        '</CustomFieldValue><CustomFieldValue xsi:type="CustomFieldStringValue"><key>7</key><value/>'
+        "</CustomFieldValue>"
+    )
+    assert lean.custom_values(values) == [lean.CustomValue(101, "uid@1700000000"), lean.CustomValue(7, "")]
+    assert lean.custom_values(None) == []
+
+
+def test_a_task_fault_reads_as_faults_describe_words_it() -> None:
+    error = element(
+        '<fault xsi:type="InvalidPowerState"><faultMessage><key>msg.vtpm.add.poweredOn</key>'
+        "<message>on</message></faultMessage><requestedState>poweredOff</requestedState></fault>"
+        "<localizedMessage>The VM must be powered off.</localizedMessage>"
+    )
+    assert lean.describe_fault(error) == (
+        "InvalidPowerState",
+        "InvalidPowerState [msg.vtpm.add.poweredOn]: The VM must be powered off.",
+    )
+
+
+def test_a_fault_without_words_is_still_named() -> None:
+    assert lean.describe_fault(element('<fault xsi:type="vim25:SystemError"/>')) == (
+        "SystemError",
+        "SystemError",
+    )
+    assert lean.describe_fault(None) == ("MethodFault", "MethodFault")
+
+
+def test_text_reads_a_child_or_the_element_and_is_empty_when_absent() -> None:
+    update = element("<version>12</version><truncated>true</truncated>")
+    assert lean.text(update, "version") == "12"
+    assert lean.text(update, "missing") == ""
+    assert lean.text(None) == ""
+    assert [lean.text(v) for v in lean.children(update, "truncated")] == ["true"]
+
+
+def envelope(returnvals: str) -> bytes:
+    return (
+        '<?xml version="1.0"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">'
+        f'<soapenv:Body><WaitForUpdatesExResponse xmlns="urn:vim25">{returnvals}'
+        "</WaitForUpdatesExResponse></soapenv:Body></soapenv:Envelope>"
+    ).encode()
+
+
+def test_returned_walks_an_answer_by_level_and_drops_what_it_handed_over() -> None:
+    body = envelope(
+        "<returnval><version>3</version><filterSet><objectSet><kind>enter</kind></objectSet>"
+        "<objectSet><kind>modify</kind></objectSet></filterSet><truncated>true</truncated></returnval>"
+    )
+    seen = [(level, element.tag.removeprefix(lean.VIM), lean.text(element, "kind") or element.text)
+            for level, element in lean.returned(body, depth=3)]  # fmt: skip
+    assert seen == [
+        (2, "version", "3"),
+        (3, "objectSet", "enter"),
+        (3, "objectSet", "modify"),
+        (2, "filterSet", None),
+        (2, "truncated", "true"),
+        (1, "returnval", None),
+    ]
+    # Each objectSet was cleared once handed over: the filterSet holds only empty shells.
+    filter_set = next(
+        e for level, e in lean.returned(body, depth=3) if level == 2 and e.tag.endswith("filterSet")
+    )
+    assert all(len(child) == 0 for child in filter_set)
+
+
+def test_an_answer_with_nothing_returned_yields_nothing() -> None:
+    assert list(lean.returned(envelope(""))) == []
