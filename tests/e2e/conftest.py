@@ -75,12 +75,50 @@ class RunningOperator:
         return f"{socket.gethostname()}-{self.process.pid}"
 
 
+# The suite runs the operator as the Deployment ships it: two replicas at once, sharing the work
+# through their leases. VTPM_E2E_REPLICAS=1 runs one, to read a single log while debugging.
+REPLICAS = int(os.environ.get("VTPM_E2E_REPLICAS", "2"))
+
+
+@dataclass
+class Replicas:
+    """The operator as REPLICAS processes at once. Only the holder of a VCenter's lease reads and
+    changes it and exports its per-policy series, so a metric summed over the replicas is what a
+    Prometheus `sum` over the Deployment's pods shows."""
+
+    members: list[RunningOperator]
+
+    def metric(self, name: str, **labels: str) -> float:
+        return sum(member.metric(name, **labels) for member in self.members)
+
+    def metrics(self) -> str:
+        return "\n".join(member.metrics() for member in self.members)
+
+    def log_text(self) -> str:
+        return "\n".join(member.log_text() for member in self.members)
+
+    def kill(self) -> None:
+        """SIGKILL every replica: the whole operator dies at once, as in a cluster-wide outage."""
+        for member in self.members:
+            member.kill()
+
+    def alive(self) -> bool:
+        return all(member.process.poll() is None for member in self.members)
+
+    def healthz(self) -> list[str]:
+        return [member.healthz() for member in self.members]
+
+    @property
+    def metrics_targets(self) -> list[str]:
+        return [f"127.0.0.1:{member.metrics_port}" for member in self.members]
+
+
 @pytest.fixture
-def run_operator(
+def run_process(
     control_plane: ControlPlane, crd_installed: str, namespace: str, tmp_path: Path
 ) -> Iterator[Callable[..., RunningOperator]]:
-    """Start `vtpm-operator run` for the test's namespace (its Secrets live there too, as in the
-    operator's own namespace); stopped by PID at the end."""
+    """Start one `vtpm-operator run` for the test's namespace (its Secrets live there too, as in the
+    operator's own namespace); stopped by PID at the end. Drills that place replicas themselves use it."""
     started: list[RunningOperator] = []
 
     def start(
@@ -128,6 +166,16 @@ def run_operator(
                 operator.process.kill()
                 operator.process.wait()
         shutil.copy(operator.log, tmp_path / (operator.log.name + ".kept"))
+
+
+@pytest.fixture
+def run_operator(run_process: Callable[..., RunningOperator]) -> Callable[..., Replicas]:
+    """Start the operator as REPLICAS processes with the same arguments."""
+
+    def start(*extra: str, **options: Any) -> Replicas:
+        return Replicas([run_process(*extra, **options) for _ in range(REPLICAS)])
+
+    return start
 
 
 @dataclass
@@ -363,6 +411,7 @@ class VMWatch:
 __all__ = [
     "Cluster",
     "Fleet",
+    "Replicas",
     "RunningOperator",
     "SeenVM",
     "VMWatch",

@@ -11,7 +11,7 @@ import pytest
 from testbed.fleet import CATEGORY, VMSpec, build_fleet
 from testbed.vcsim import Simulator
 
-from .conftest import Cluster, RunningOperator, VMWatch, condition, policy_manifest, vm_rows
+from .conftest import Cluster, Replicas, VMWatch, condition, policy_manifest, vm_rows
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def test_opposite_policies_never_remove_the_vtpm_across_restarts(
         selector={"tags": [{"category": CATEGORY, "name": REMOVE_TAG}]},
     )
     cluster.apply(remover)
-    operator: RunningOperator = run_operator()
+    operator: Replicas = run_operator()
 
     with VMWatch(simulator, [shared, control]) as watch:
         # The control: alone, the Absent policy does remove a vTPM.

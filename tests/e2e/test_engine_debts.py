@@ -11,7 +11,7 @@ from pyVmomi import vim
 from testbed.fleet import REQUIRED_TAG, Fleet, VMSpec, build_fleet
 from testbed.vcsim import Simulator, connect, disconnect, retrieve_one
 
-from .conftest import Cluster, RunningOperator, SeenVM, policy_manifest, read_vms, summary
+from .conftest import Cluster, Replicas, SeenVM, policy_manifest, read_vms, summary
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def crash_during_change(
             resyncPeriod=resync,
         )
     )
-    operator: RunningOperator = run_operator()
+    operator: Replicas = run_operator()
     deadline = time.monotonic() + 60
     while simulator.admin.call_counts().get("ReconfigVM_Task", 0) == 0:
         assert time.monotonic() < deadline, "the change never reached its reconfigure"

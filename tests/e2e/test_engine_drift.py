@@ -11,7 +11,7 @@ from pyVmomi import vim
 from testbed.fleet import VMSpec, build_fleet
 from testbed.vcsim import Simulator, connect, disconnect, retrieve_one, wait_task
 
-from .conftest import Cluster, RunningOperator, condition, policy_manifest, read_vms, settled, summary
+from .conftest import Cluster, Replicas, condition, policy_manifest, read_vms, settled, summary
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def test_drift_shows_within_two_seconds_and_is_repaired_before_any_resync(
     fleet = build_fleet(simulator, [VMSpec("a"), VMSpec("b"), VMSpec("late", tags=())])
     vcenter = cluster.vcenter(simulator)
     cluster.apply(policy_manifest("drift", vcenter, resyncPeriod="1h"))
-    operator: RunningOperator = run_operator()
+    operator: Replicas = run_operator()
     cluster.wait_for("drift", lambda p: settled(p) and condition(p, "Ready")["status"] == "True", timeout=90)
     # Nothing else changing: the first changes' status writes and their 5 s settling (the engine lets
     # the feed catch up after a change before it starts another on that VM) are over.

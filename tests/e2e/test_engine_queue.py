@@ -10,7 +10,7 @@ import pytest
 from testbed.fleet import CATEGORY, EXEMPT_TAG, REQUIRED_TAG, VMSpec, build_fleet
 from testbed.vcsim import Simulator
 
-from .conftest import Cluster, RunningOperator, VMWatch, policy_manifest, settled, summary
+from .conftest import Cluster, Replicas, VMWatch, policy_manifest, settled, summary
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def test_two_policies_that_want_the_same_state_change_each_vm_once(
             "team-b", vcenter, maxConcurrent=8, selector={"tags": [{"category": CATEGORY, "name": ALSO_TAG}]}
         )
     )
-    operator: RunningOperator = run_operator()
+    operator: Replicas = run_operator()
 
     for name in ("team-a", "team-b"):
         policy = cluster.wait_for(

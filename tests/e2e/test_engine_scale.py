@@ -15,7 +15,7 @@ import pytest
 from testbed.fleet import CATEGORY, EXEMPT_TAG, VMSpec, build_fleet
 from testbed.vcsim import Simulator
 
-from .conftest import Cluster, RunningOperator, policy_manifest, summary
+from .conftest import Cluster, Replicas, policy_manifest, summary
 
 pytestmark = pytest.mark.slow
 
@@ -155,7 +155,7 @@ def _after_next_full_read(sim: Simulator) -> None:
     time.sleep(3)  # the read's privilege, guest OS and key provider calls follow it
 
 
-def one_refresh_period(sim: Simulator, operator: RunningOperator) -> tuple[dict[str, int], dict[str, float]]:
+def one_refresh_period(sim: Simulator, operator: Replicas) -> tuple[dict[str, int], dict[str, float]]:
     """The simulator's SOAP call counts and the operator's tag (REST) calls over one refresh period:
     from just after one full read to just after the next, so that the window holds exactly one.
     (The simulator counts SOAP calls only; the REST calls come from the operator's own counter.)"""
@@ -193,7 +193,7 @@ def test_hundred_policies_share_one_engine(simulator: Simulator, cluster: Cluste
     # One policy first: what one refresh period costs with it alone.
     first = policies[0]
     cluster.apply(first.manifest(vcenter))
-    operator: RunningOperator = run_operator()
+    operator: Replicas = run_operator()
     wait_until_all(cluster, {first.name: expected_summary(first, fleet, [first])}, timeout=60)
     soap_one, rest_one = one_refresh_period(simulator, operator)
 
@@ -208,7 +208,7 @@ def test_hundred_policies_share_one_engine(simulator: Simulator, cluster: Cluste
     print(f"one refresh period, tag calls: 1 policy {rest_one}, 100 policies {rest_hundred}")
 
     # The cost of a refresh period does not grow with the policies. WaitForUpdatesEx is the
-    # engine's one-second pulse: its count follows the wall clock, not the policies.
+    # engine's pulse: its count follows the wall clock, not the policies.
     pulse = "WaitForUpdatesEx"
     assert {m: n for m, n in soap_hundred.items() if m != pulse} == {
         m: n for m, n in soap_one.items() if m != pulse

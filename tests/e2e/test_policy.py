@@ -13,7 +13,7 @@ from pyVmomi import vim
 from testbed.fleet import MIXED_FLEET, VMSpec, build_fleet, specs_of
 from testbed.vcsim import Simulator, connect, disconnect, retrieve_one
 
-from .conftest import Cluster, RunningOperator, condition, policy_manifest, settled, summary, vm_rows
+from .conftest import Cluster, Replicas, condition, policy_manifest, settled, summary, vm_rows
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ def test_enforce_fixes_every_unblocked_vm_and_reports_each_blocker(
     simulator.admin.reset_call_counts()
     vcenter = cluster.vcenter(simulator)
     cluster.apply(policy_manifest("fleet", vcenter))
-    operator: RunningOperator = run_operator()
+    operator: Replicas = run_operator()
 
     policy = cluster.wait_for(
         "fleet", lambda p: summary(p).get("compliant") == 3, timeout=90, what="the ready VMs changed"
@@ -276,7 +276,7 @@ def test_policy_level_problems_give_documented_conditions(
         )
     )
     cluster.apply(policy_manifest("orphan", "no-such-vcenter"))
-    operator: RunningOperator = run_operator()
+    operator: Replicas = run_operator()
 
     def reason_is(reason: str) -> Any:
         return lambda p: condition(p, "Ready").get("reason") == reason
@@ -351,7 +351,7 @@ def test_deleting_a_policy_stops_its_worker_and_its_metrics(
     build_fleet(simulator, [VMSpec("a")])
     vcenter = cluster.vcenter(simulator)
     cluster.apply(policy_manifest("short-lived", vcenter))
-    operator: RunningOperator = run_operator()
+    operator: Replicas = run_operator()
     policy = cluster.wait_for(
         "short-lived", lambda p: settled(p) and condition(p, "Ready")["status"] == "True"
     )
@@ -362,5 +362,5 @@ def test_deleting_a_policy_stops_its_worker_and_its_metrics(
     time.sleep(2)  # the engine drops the view at the next pulse
     assert cluster.kubectl("get", "vtpm", "-n", cluster.namespace, "-o", "name").stdout.strip() == ""
     assert 'policy="short-lived"' not in operator.metrics()
-    assert operator.process.poll() is None  # the operator itself keeps running
+    assert operator.alive()  # the operator itself keeps running
     assert operator.healthz()  # and its liveness endpoint, the Deployment's probe, answers

@@ -42,7 +42,7 @@ def test_drift_pages_and_audit_does_not(
     cluster.wait_for("enforced", lambda p: summary(p).get("compliant") == 1)
     cluster.wait_for("audited", lambda p: summary(p).get("nonCompliant") == 1)
 
-    job = scrape_job(f"127.0.0.1:{operator.metrics_port}")
+    job = scrape_job(*operator.metrics_targets)
     rules = [MONITORING / "rules.yaml"]
     with running_prometheus(tmp_path / "prometheus", [job], rules) as prometheus:
         deadline = time.monotonic() + 60

@@ -46,8 +46,8 @@ def duration_seconds(text: str) -> float:
     return float(text[: -len(unit)]) * units[unit]
 
 
-def scrape_job(target: str) -> ScrapeJob:
-    """What the Prometheus Operator makes of the ServiceMonitor's one endpoint, for ``target``."""
+def scrape_job(*targets: str) -> ScrapeJob:
+    """What the Prometheus Operator makes of the ServiceMonitor's one endpoint, for the pods at `targets`."""
     monitor = yaml.safe_load((MONITORING / "servicemonitor.yaml").read_text())
     service = yaml.safe_load((DEPLOY / "service.yaml").read_text())
     (endpoint,) = monitor["spec"]["endpoints"]
@@ -58,7 +58,7 @@ def scrape_job(target: str) -> ScrapeJob:
     assert port["targetPort"] in {p["name"] for p in container["ports"]}
     return ScrapeJob(
         job=service["metadata"]["name"],  # the Operator's default job label: the Service's name
-        targets=(target,),
+        targets=targets,
         path=endpoint["path"],
         interval=endpoint["interval"],
         timeout=endpoint.get("scrapeTimeout"),
