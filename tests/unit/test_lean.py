@@ -67,26 +67,26 @@ def envelope(returnvals: str) -> bytes:
     ).encode()
 
 
-def test_returned_walks_an_answer_by_level_and_drops_what_it_handed_over() -> None:
+def test_returned_hands_over_the_tags_asked_as_each_completes_and_drops_them() -> None:
     body = envelope(
         "<returnval><version>3</version><filterSet><objectSet><kind>enter</kind></objectSet>"
         "<objectSet><kind>modify</kind></objectSet></filterSet><truncated>true</truncated></returnval>"
     )
-    seen = [(level, element.tag.removeprefix(lean.VIM), lean.text(element, "kind") or element.text)
-            for level, element in lean.returned(body, depth=3)]  # fmt: skip
-    assert seen == [
-        (2, "version", "3"),
-        (3, "objectSet", "enter"),
-        (3, "objectSet", "modify"),
-        (2, "filterSet", None),
-        (2, "truncated", "true"),
-        (1, "returnval", None),
+    seen = [
+        (element.tag.removeprefix(lean.VIM), lean.text(element, "kind"), lean.text(element, "version"))
+        for element in lean.returned(body, "objectSet", "returnval")
     ]
-    # Each objectSet was cleared once handed over: the filterSet holds only empty shells.
-    filter_set = next(
-        e for level, e in lean.returned(body, depth=3) if level == 2 and e.tag.endswith("filterSet")
-    )
-    assert all(len(child) == 0 for child in filter_set)
+    assert seen == [("objectSet", "enter", ""), ("objectSet", "modify", ""), ("returnval", "", "3")]
+    handed = list(lean.returned(body, "objectSet"))
+    assert [len(element) for element in handed] == [0, 0]  # dropped once the caller moved on
+
+
+def test_returned_keeps_what_it_has_not_handed_over_yet() -> None:
+    body = envelope("<returnval><version>3</version><filterSet><objectSet/></filterSet></returnval>")
+    for element in lean.returned(body, "objectSet", "returnval"):
+        if element.tag.endswith("returnval"):
+            assert lean.text(element, "version") == "3"
+            assert [len(f) for f in lean.children(element, "filterSet")] == [1]  # an emptied objectSet
 
 
 def test_an_answer_with_nothing_returned_yields_nothing() -> None:

@@ -49,7 +49,10 @@ WAIT = "\x00wait"  # the identity hook's answer while an older VCenter's identit
 class EngineSettings:
     tag_refresh: float = 10.0  # tags have no feed: their associations are read this often
     task_timeout: float = 900.0  # a task past it is cancelled
-    max_wait: int = 1  # seconds one WaitForUpdatesEx may block: the loop's pulse
+    # Seconds one WaitForUpdatesEx may block: the loop's pulse, and the latency of what Kubernetes
+    # tells the engine. Changes, tasks and drift end the wait at once; an idle vCenter costs one
+    # round trip per pulse (the issue allows one a second).
+    max_wait: int = 2
     status_refresh: float = 50.0  # lastSyncTime is written at least this often (the issue asks 60 s)
     retry_base: float = 30.0
     retry_limit: int = 3
@@ -380,8 +383,9 @@ class Engine:
         }
         if self.fleet_ready:
             self._evaluate()
-            self._pay_debts()
-            self._admit()
+            if self.hooks.may_act(self.name):  # the lease may have gone during the wait: start nothing
+                self._pay_debts()
+                self._admit()
         self.live.watch_tasks(self.queue.watched_tasks())
         self._publish()
 

@@ -225,7 +225,7 @@ def missing_privileges(
                 for a in lean.children(entity, "privAvailability")
                 if lean.text(a, "isGranted") == "true"
             }
-            for _, entity in lean.returned(answer)
+            for entity in lean.returned(answer, "returnval")
         }
         return {moid: frozenset(privs - granted.get(moid, set())) for (_, moid), privs in required.items()}
 

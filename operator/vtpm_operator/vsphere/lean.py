@@ -34,23 +34,18 @@ def invoke(mo: Any, method: str, *args: Any) -> bytes:
     return body
 
 
-def returned(body: bytes, depth: int = 1) -> Iterator[tuple[int, ET.Element]]:
-    """(level, element) for the answer's elements down to `depth` levels (1: each returnval, 2:
-    their children, ...), each once complete. Those at `depth` are dropped as soon as the caller
-    moves on, so that a large answer is never one tree in memory."""
-    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
-    level = -3  # the Envelope, its Body and the method's response enclose the returnvals
+def returned(body: bytes, *tags: str) -> Iterator[ET.Element]:
+    """The answer's elements of these (vim25) tags, each once complete, in document order. Each
+    is dropped as soon as the caller moves on, so that a large answer is never one tree in memory;
+    the tags asked must not nest inside one another's values (returnval and objectSet do not)."""
+    wanted = {VIM + tag for tag in tags}
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("end",))
     for offset in range(0, len(body), _CHUNK):
         parser.feed(body[offset : offset + _CHUNK])
-        for event, element in cast(Iterator[tuple[str, ET.Element]], parser.read_events()):
-            if event == "start":
-                level += 1
-                continue
-            if 1 <= level <= depth:
-                yield level, element
-                if level == depth:
-                    element.clear()
-            level -= 1
+        for _, element in cast(Iterator[tuple[str, ET.Element]], parser.read_events()):
+            if element.tag in wanted:
+                yield element
+                element.clear()
 
 
 def _post(stub: Any, request: str | bytes) -> tuple[int, bytes]:
