@@ -103,7 +103,7 @@ def test_opposite_policies_never_remove_the_vtpm_across_restarts(
             if not eventually(lambda since=since: judged_since(cluster, since), 60):
                 break  # the assertions below say what went wrong
             judged += 1
-            time.sleep(1)  # a tag refresh and a pulse later: would it act now?
+            time.sleep(2.5)  # a tag refresh and a pulse (2 s) later: would it act now?
         print(f"{RESTARTS} SIGKILLs and restarts took {time.monotonic() - loop_started:.1f} s")
         time.sleep(3)
 

@@ -124,7 +124,7 @@ def test_an_owed_power_on_waits_for_the_task_still_running_on_the_vm(
     simulator.admin.reset_call_counts()
     run_operator()
     cluster.wait_for("owner", lambda p: summary(p).get("matched") == 0, timeout=30, what="the restarted view")
-    time.sleep(3)  # a few pulses with the reconfigure still running
+    time.sleep(5)  # a few pulses (2 s each) with the reconfigure still running
     assert simulator.admin.call_counts().get("PowerOnVM_Task", 0) == 0, "powered on during another task"
 
     end_running_tasks(simulator, victim)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import xml.etree.ElementTree as ET
+
+import pytest
 
 from vtpm_operator.vsphere import lean
 
@@ -83,11 +86,29 @@ def test_returned_hands_over_the_tags_asked_as_each_completes_and_drops_them() -
 
 def test_returned_keeps_what_it_has_not_handed_over_yet() -> None:
     body = envelope("<returnval><version>3</version><filterSet><objectSet/></filterSet></returnval>")
-    for element in lean.returned(body, "objectSet", "returnval"):
-        if element.tag.endswith("returnval"):
-            assert lean.text(element, "version") == "3"
-            assert [len(f) for f in lean.children(element, "filterSet")] == [1]  # an emptied objectSet
+    updates = [
+        (lean.text(element, "version"), [len(f) for f in lean.children(element, "filterSet")])
+        for element in lean.returned(body, "objectSet", "returnval")
+        if element.tag == lean.VIM + "returnval"
+    ]
+    assert updates == [("3", [1])]  # its version, and the emptied shell of the objectSet handed over
 
 
 def test_an_answer_with_nothing_returned_yields_nothing() -> None:
-    assert list(lean.returned(envelope(""))) == []
+    assert list(lean.returned(envelope(""), "objectSet", "returnval")) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        envelope("<returnval><version>3</version><filterSet><objectSet>")[:-60],  # cut short
+        b"<html><body>a proxy's page</body></html>",
+        b'<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"/>',
+    ],
+    ids=["empty", "cut-short", "not-soap", "no-body"],
+)
+def test_an_answer_that_is_not_a_whole_soap_response_raises_as_a_lost_connection(body: bytes) -> None:
+    """Never an answer with nothing in it: a fill would take that for a fleet of no VMs."""
+    with pytest.raises(http.client.HTTPException):
+        list(lean.returned(body, "objectSet", "returnval"))

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from vtpm_operator import claims, metrics
 from vtpm_operator.connection import Credentials, Endpoint, VCenterConfig
-from vtpm_operator.engine.queue import ChangeQueue, Finished, Flight, Wanted
+from vtpm_operator.engine.queue import ChangeQueue, Finished, Flight, LeaseGone, Wanted
 from vtpm_operator.engine.views import Fleet, PolicyView
 from vtpm_operator.engine.workflow import Plan, TaskDone, pay_debt, vtpm_change
 from vtpm_operator.events import Notice, notices_for
@@ -232,6 +232,9 @@ class Engine:
             except Exception:  # one bad message must not lose the others
                 log.exception("engine %s: a message from the Kubernetes side failed", self.name)
 
+    def _holding(self) -> bool:
+        return self.hooks.may_act(self.name)
+
     def _may_act(self) -> bool:
         """Only the holder of this VCenter's lease reads it, changes it and reports on it."""
         acting = self.hooks.may_act(self.name)
@@ -377,15 +380,18 @@ class Engine:
         self.dirty_all |= delta.hosts
         if self.fleet_ready and time.time() >= self.next_tags:
             self._refresh_tags()
-        self._finish(self.queue.advance(self.live))
+        self._finish(self.queue.advance(self.live, self._holding))
         self.dirty_vms |= {
             vm for vm, f in self.queue.flights.items() if isinstance(f.wait, TaskDone) and f.wait.overdue
         }
         if self.fleet_ready:
             self._evaluate()
-            if self.hooks.may_act(self.name):  # the lease may have gone during the wait: start nothing
-                self._pay_debts()
-                self._admit()
+            if self._holding():  # the lease may have gone during the wait
+                try:
+                    self._pay_debts()
+                    self._admit()
+                except LeaseGone:  # mid-round: the next iteration steps back
+                    pass
         self.live.watch_tasks(self.queue.watched_tasks())
         self._publish()
 
@@ -574,26 +580,29 @@ class Engine:
                     self.queue.queued.pop(vm_id, None)
                     self.dirty_vms.add(vm_id)
                 continue
-            assert self.ops is not None
-            log.info(
-                "vCenter %s: %s (%s) for %s",
-                self.name,
-                pending(plan.change).message,
-                vm_id,
-                ", ".join(wanted.owners),
-            )
-            self.intents[vm_id] = {"action": plan.change.action.value, "owners": list(wanted.owners)}
-            flight = Flight(
-                vm_id,
-                vtpm_change(self.ops, plan),
-                wanted.owners,
-                plan.change.action.value,
-                pending(plan.change).message,
-                plan,
-            )
-            self._finish([done] if (done := self.queue.start(flight)) else [])
+            self._start(vm_id, wanted, plan)
             per_owner.update(wanted.owners)
             self.dirty_vms.add(vm_id)
+
+    def _start(self, vm_id: str, wanted: Wanted, plan: Plan) -> None:
+        """Start the planned change; raises LeaseGone (nothing started) without the lease."""
+        assert self.ops is not None
+        message = pending(plan.change).message
+        flight = Flight(
+            vm_id, vtpm_change(self.ops, plan), wanted.owners, plan.change.action.value, message, plan
+        )
+        earlier = self.intents.get(vm_id)
+        self.intents[vm_id] = {"action": plan.change.action.value, "owners": list(wanted.owners)}
+        try:
+            done = self.queue.start(flight, self._holding)
+        except LeaseGone:  # not started: what was recorded before stays as it was
+            if earlier is None:
+                del self.intents[vm_id]
+            else:
+                self.intents[vm_id] = earlier
+            raise
+        log.info("vCenter %s: %s (%s) for %s", self.name, message, vm_id, ", ".join(wanted.owners))
+        self._finish([done] if done else [])
 
     def _rejudge(self, vm_id: str, wanted: Wanted) -> Plan | None:
         """The change as the live facts and the live selection have it right before it starts;
@@ -668,7 +677,7 @@ class Engine:
                 "powering the VM on again after an interrupted change",
                 None,
             )
-            self._finish([done] if (done := self.queue.start(flight)) else [])
+            self._finish([done] if (done := self.queue.start(flight, self._holding)) else [])
 
     def _finish(self, finished: list[Finished]) -> None:
         if not finished:

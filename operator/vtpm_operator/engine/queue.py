@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,10 @@ class Finished:
     seconds: float
 
 
+class LeaseGone(Exception):
+    """This replica no longer holds the vCenter's lease: no change starts, no step is taken."""
+
+
 class ChangeQueue:
     def __init__(self) -> None:
         self.queued: dict[str, Wanted] = {}
@@ -64,18 +69,27 @@ class ChangeQueue:
         """Changes under way per owning policy."""
         return Counter(owner for flight in self.flights.values() for owner in flight.owners)
 
-    def start(self, flight: Flight) -> Finished | None:
-        self.queued.pop(flight.vm_id, None)
+    def start(self, flight: Flight, holding: Callable[[], bool]) -> Finished | None:
+        """Start a change, under the lease. It is marked in flight before the lease is asked: the
+        elector stops holding a lease before it asks whether a change is in flight (kube/leases.py,
+        _release), so one of the two always sees the other. Without the lease it stays queued."""
         self.flights[flight.vm_id] = flight
+        if not holding():
+            del self.flights[flight.vm_id]
+            raise LeaseGone(flight.vm_id)
+        self.queued.pop(flight.vm_id, None)
         return self._step(flight, None)
 
-    def advance(self, inventory: LiveInventory) -> list[Finished]:
-        """Step every flight whose wait is answered; the ones that ended."""
+    def advance(self, inventory: LiveInventory, holding: Callable[[], bool]) -> list[Finished]:
+        """Step every flight whose wait is answered, while the lease holds; the ones that ended.
+        (A task already submitted runs on in vCenter; only the next step needs the lease.)"""
         finished = []
         now = time.time()
         for flight in list(self.flights.values()):
             answer = _answer(flight.wait, inventory, now)
             if answer is not _NOT_YET:
+                if not holding():
+                    break
                 done = self._step(flight, answer)
                 if done is not None:
                     finished.append(done)

@@ -21,6 +21,8 @@ from pyVmomi.SoapAdapter import SoapResponseDeserializer
 VIM = "{urn:vim25}"
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 _CHUNK = 1 << 16
+_ENVELOPE = "{http://schemas.xmlsoap.org/soap/envelope/}Envelope"
+_BODY = "{http://schemas.xmlsoap.org/soap/envelope/}Body"
 
 
 def invoke(mo: Any, method: str, *args: Any) -> bytes:
@@ -37,15 +39,29 @@ def invoke(mo: Any, method: str, *args: Any) -> bytes:
 def returned(body: bytes, *tags: str) -> Iterator[ET.Element]:
     """The answer's elements of these (vim25) tags, each once complete, in document order. Each
     is dropped as soon as the caller moves on, so that a large answer is never one tree in memory;
-    the tags asked must not nest inside one another's values (returnval and objectSet do not)."""
+    the tags asked must not nest inside one another's values (returnval and objectSet do not).
+    An answer cut short, or that is not a SOAP response, raises HTTPException once reached: the
+    caller meets it as a lost connection, never as an answer with nothing in it."""
     wanted = {VIM + tag for tag in tags}
     parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("end",))
-    for offset in range(0, len(body), _CHUNK):
-        parser.feed(body[offset : offset + _CHUNK])
-        for _, element in cast(Iterator[tuple[str, ET.Element]], parser.read_events()):
-            if element.tag in wanted:
-                yield element
-                element.clear()
+    last: ET.Element | None = None  # once the answer is whole: its root, the Envelope
+    try:
+        for offset in range(0, len(body), _CHUNK):
+            parser.feed(body[offset : offset + _CHUNK])
+            for _, last in cast(Iterator[tuple[str, ET.Element]], parser.read_events()):
+                if last.tag in wanted:
+                    yield last
+                    last.clear()
+        parser.close()
+    except ET.ParseError as error:
+        raise http.client.HTTPException(f"an unreadable SOAP answer: {error}") from None
+    if not _is_response(last):
+        raise http.client.HTTPException("not a SOAP response")
+
+
+def _is_response(envelope: ET.Element | None) -> bool:
+    answer = envelope.find(_BODY) if envelope is not None and envelope.tag == _ENVELOPE else None
+    return answer is not None and len(answer) > 0 and answer[0].tag.endswith("Response")
 
 
 def _post(stub: Any, request: str | bytes) -> tuple[int, bytes]:
@@ -81,8 +97,7 @@ def moref(element: ET.Element | None, of_type: str | None = None) -> str | None:
     """The id a ManagedObjectReference names, when it is one (of `of_type`, when given)."""
     if element is None or not element.text:
         return None
-    kind = element.get("type") or element.get(XSI_TYPE, "")
-    return element.text if of_type is None or kind == of_type else None
+    return element.text if of_type is None or element.get("type") == of_type else None
 
 
 def children(element: ET.Element | None, tag: str) -> Iterator[ET.Element]:

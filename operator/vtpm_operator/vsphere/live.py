@@ -10,6 +10,7 @@ as it arrives, and dropped.
 
 from __future__ import annotations
 
+import http.client
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from xml.etree.ElementTree import Element
 from pyVmomi import vim, vmodl
 
 from vtpm_operator.facts import KEY_NOT_READ, HostFacts, PowerState, VMFacts
+from vtpm_operator.problems import PolicyProblem, ProblemReason
 from vtpm_operator.vsphere import lean
 from vtpm_operator.vsphere.inventory import VM_FACT_PATHS, marker_time, marker_value, parse_version
 from vtpm_operator.vsphere.session import SessionRenewed, VCenterSession
@@ -180,10 +182,10 @@ class LiveInventory:
 
     def poll(self, max_wait: int) -> Delta:
         """One WaitForUpdatesEx (more while a fill is truncated); what changed."""
-        if self._collector is None or self._generation != self.session.generation:
-            self.restart()  # a renewed session has none of the old session's collectors
         delta = Delta()
         while True:
+            if self._collector is None or self._generation != self.session.generation:
+                self.restart()  # a renewed session has none of the old session's collectors
             wait = 0 if self._filling else max_wait
             options = vmodl.query.PropertyCollector.WaitOptions(
                 maxWaitSeconds=wait, maxObjectUpdates=self.page_objects
@@ -191,9 +193,9 @@ class LiveInventory:
             try:
                 page = self._wait(options)
             except (SessionRenewed, vmodl.fault.ManagedObjectNotFound):  # the collector died with its session
-                self.restart()
+                self.abandon()  # the next turn makes it anew
                 continue
-            if not self._apply(page, delta):
+            if not self._take_in(page, delta):
                 break
         if self._filling:
             self._finish_fill(delta)
@@ -216,6 +218,14 @@ class LiveInventory:
         delta.removed |= gone
         self._filling = False
         delta.filled = True
+
+    def _take_in(self, page: bytes, delta: Delta) -> bool:
+        """_apply, with an answer cut short or not SOAP met as a dropped connection would be."""
+        try:
+            return self._apply(page, delta)
+        except http.client.HTTPException as error:
+            self.abandon()  # its version is unknown now: the next poll refills
+            raise PolicyProblem(ProblemReason.VCENTER_UNREACHABLE, f"WaitForUpdatesEx: {error}") from error
 
     def _apply(self, page: bytes, delta: Delta) -> bool:
         """Take in one UpdateSet page, object by object; whether vCenter truncated it (more follow)."""
