@@ -221,3 +221,31 @@ def test_fleet_privileges_name_what_is_missing_on_each_vm_and_on_its_folder(simu
         session.close()
     assert folder_of[fleet.ids["restricted"]] == folder._moId
     assert missing == {fleet.ids["restricted"]: frozenset(lacking), fleet.ids["free"]: frozenset()}
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 2}], indirect=True)
+def test_tasks_forgotten_and_watched_after_the_session_expired_cost_one_login(simulator: Simulator) -> None:
+    """Destroying the old task's filter meets the expiry first and renews the session; the new
+    filter, on the old collector, must then not be tried on the fresh session (that failed, and
+    dropped the fresh session too: two logins)."""
+    fleet = build_fleet(simulator, [VMSpec("a", powered_on=True), VMSpec("b", powered_on=True)])
+    session = session_for(simulator)
+    live = live_for(session)
+    ops = ChangeOps(session)
+    try:
+        assert live.poll(0).filled
+        first = ops.power_off(fleet.ids["a"])
+        live.watch_tasks({first})
+        second = ops.power_off(fleet.ids["b"])
+        assert simulator.admin.expire_sessions() >= 1
+        simulator.admin.reset_call_counts()
+        live.watch_tasks({second})  # forgets the first, then watches the second
+        deadline = time.monotonic() + 10
+        while not (second in live.tasks and live.tasks[second].ended):
+            assert time.monotonic() < deadline, live.tasks
+            live.poll(1)
+    finally:
+        live.close()
+        session.close()
+    assert live.tasks[second].state == "success"
+    assert simulator.admin.call_counts()["Login"] == 1

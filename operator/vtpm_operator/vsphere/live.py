@@ -175,7 +175,7 @@ class LiveInventory:
             self.session.soap(
                 "DestroyPropertyCollector",
                 lambda content: collector.DestroyPropertyCollector(),
-                session_bound=True,
+                bound_to=self._generation,
             )
         except Exception:  # it dies with the session anyway
             log.debug("could not destroy the inventory collector", exc_info=True)
@@ -208,7 +208,7 @@ class LiveInventory:
             "WaitForUpdatesEx",
             lambda content: lean.invoke(collector, "WaitForUpdatesEx", version, options),
             idempotent=False,
-            session_bound=True,
+            bound_to=self._generation,
         )
 
     def _finish_fill(self, delta: Delta) -> None:
@@ -311,7 +311,7 @@ class LiveInventory:
             "CreateFilter",
             lambda content: collector.CreateFilter(spec, partialUpdates=False),
             idempotent=False,
-            session_bound=True,  # on the collector of this session: never to be tried on a fresh one
+            bound_to=self._generation,  # on the collector of its session: never tried on a fresh one
         )
 
     def forget_task(self, task_id: str) -> None:
@@ -323,7 +323,7 @@ class LiveInventory:
             self.session.soap(
                 "DestroyPropertyFilter",
                 lambda content: task_filter.DestroyPropertyFilter(),
-                session_bound=True,
+                bound_to=self._generation,
             )
         except Exception:  # it goes with its collector anyway
             log.debug("could not destroy a task filter", exc_info=True)

@@ -58,16 +58,20 @@ class VCenterSession:
         call: Callable[[Any], T],
         *,
         idempotent: bool = True,
-        session_bound: bool = False,
+        bound_to: int | None = None,
     ) -> T:
         """Run call(service_content), logging in first if needed and once more if the session expired.
 
         A read that meets a dropped connection (a vCenter restart leaves dead pooled connections)
         is tried once more on a fresh one; a change is not, since vCenter may have received it.
-        A call on an object of the session itself (a property collector) cannot be tried again in
-        a new session: it raises SessionRenewed, for the caller to make its objects anew.
+        A call on an object of a session (a property collector, made at `generation` `bound_to`)
+        is made only in that session: once it has expired or been replaced, the call raises
+        SessionRenewed, for the caller to make its objects anew. Never tried on a fresh session,
+        it can never fail there and drop that one too.
         """
         for attempt in (1, 2):
+            if bound_to is not None and bound_to != self.generation:
+                raise SessionRenewed(operation)
             content = self._content()
             started = time.monotonic()
             try:
@@ -75,7 +79,7 @@ class VCenterSession:
             except vim.fault.NotAuthenticated:
                 self._count(operation, "session_expired", started)
                 self._drop_soap()
-                if session_bound:
+                if bound_to is not None:
                     raise SessionRenewed(operation) from None
                 if attempt == 2:
                     raise PolicyProblem(
