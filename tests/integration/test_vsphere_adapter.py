@@ -49,6 +49,13 @@ def live_for(session: VCenterSession, page_objects: int = 1000) -> LiveInventory
     return LiveInventory(session, ChangeOps(session).marker_key, page_objects)
 
 
+def poll_until_ended(live: LiveInventory, task_id: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not (task_id in live.tasks and live.tasks[task_id].ended):
+        assert time.monotonic() < deadline, live.tasks
+        live.poll(1)
+
+
 @pytest.mark.parametrize("simulator", [{"vms": 20}], indirect=True)
 def test_the_fill_pages_through_a_fleet_larger_than_one_page(simulator: Simulator) -> None:
     """Pages of 7 objects (maxObjectUpdates), as vCenter answers at most a page a call: without the
@@ -183,10 +190,7 @@ def test_a_task_watched_after_the_session_expired_costs_one_login_and_no_fault(s
         assert simulator.admin.expire_sessions() >= 1
         simulator.admin.reset_call_counts()
         live.watch_tasks({task_id})  # meets NotAuthenticated on the old collector
-        deadline = time.monotonic() + 10
-        while not (task_id in live.tasks and live.tasks[task_id].ended):
-            assert time.monotonic() < deadline, live.tasks
-            live.poll(1)
+        poll_until_ended(live, task_id)
     finally:
         live.close()
         session.close()
@@ -240,10 +244,7 @@ def test_tasks_forgotten_and_watched_after_the_session_expired_cost_one_login(si
         assert simulator.admin.expire_sessions() >= 1
         simulator.admin.reset_call_counts()
         live.watch_tasks({second})  # forgets the first, then watches the second
-        deadline = time.monotonic() + 10
-        while not (second in live.tasks and live.tasks[second].ended):
-            assert time.monotonic() < deadline, live.tasks
-            live.poll(1)
+        poll_until_ended(live, second)
     finally:
         live.close()
         session.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pyVmomi import vmodl
 
 
@@ -11,5 +13,9 @@ def describe(error: BaseException) -> str:
         return f"{type(error).__name__}: {error}"
     name = type(error).__name__.split(".")[-1]
     keys = [m.key for m in getattr(error, "faultMessage", None) or [] if getattr(m, "key", None)]
-    text = getattr(error, "msg", None) or ""
+    return words(name, keys, getattr(error, "msg", None) or "")
+
+
+def words(name: str, keys: Sequence[str], text: str) -> str:
+    """How a fault reads, however it was decoded (pyVmomi's objects here, XML in vsphere/lean.py)."""
     return name + (f" [{', '.join(keys)}]" if keys else "") + (f": {text}" if text else "")

@@ -18,6 +18,8 @@ from typing import Any, NamedTuple, cast
 
 from pyVmomi.SoapAdapter import SoapResponseDeserializer
 
+from vtpm_operator.vsphere import faults
+
 VIM = "{urn:vim25}"
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 _CHUNK = 1 << 16
@@ -125,5 +127,4 @@ def describe_fault(element: ET.Element | None) -> tuple[str, str]:
     fault = element.find(VIM + "fault") if element is not None else None
     name = (fault.get(XSI_TYPE, "") if fault is not None else "").rpartition(":")[2] or "MethodFault"
     keys = [text(m, "key") for m in children(fault, "faultMessage") if text(m, "key")]
-    words = text(element, "localizedMessage")
-    return name, name + (f" [{', '.join(keys)}]" if keys else "") + (f": {words}" if words else "")
+    return name, faults.words(name, keys, text(element, "localizedMessage"))
