@@ -27,7 +27,7 @@ from testbed.kube import ControlPlane
 from testbed.vcsim import Simulator, connect, disconnect, retrieve_all, retrieve_one
 from vtpm_operator.lease_share import unit_lease_name
 
-from .conftest import Cluster, RunningOperator, policy_manifest, settled, summary, vm_rows
+from .conftest import Cluster, RunningOperator, condition, policy_manifest, settled, summary, vm_rows
 
 pytestmark = pytest.mark.slow
 
@@ -516,3 +516,57 @@ def test_drill_vcenter_restarts_for_60s_mid_batch(
     assert during.soap_login_attempts == 0, during  # nothing got through while it was down
     assert (auth.soap_logins, auth.rest_logins) == (1, 1), auth
     assert calls(simulator, "ReconfigVM_Task") == {"ReconfigVM_Task": 4}, before
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 40}], indirect=True)
+def test_drill_a_replica_starting_leaves_the_holders_statuses_alone(
+    simulator: Simulator, cluster: Cluster, run_process: Any
+) -> None:
+    """A replica that starts (a scale-up, a rollout's new pod) lists everything before it acts. Of
+    20 policies, none may flap while it does; and a status that someone else replaced is written
+    again by the holder within seconds, not at the next refresh."""
+    build_fleet(simulator, [VMSpec(f"vm-{i}") for i in range(40)])
+    vcenter = cluster.vcenter(simulator)
+    names = [f"audit-{i:02}" for i in range(20)]
+    for name in names:
+        cluster.apply(policy_manifest(name, vcenter, mode="Audit"))
+    holder = run_process()
+    for name in names:
+        cluster.wait_for(name, lambda p: settled(p) and summary(p).get("nonCompliant") == 40, timeout=90)
+    ready = {name: condition(policy, "Ready") for name, policy in cluster.policies().items()}
+    # Audit: every VM lacks a vTPM, so Ready is False with NotCompliant (what the holder says).
+    assert {(c["status"], c["reason"]) for c in ready.values()} == {("False", "NotCompliant")}, ready
+
+    second = run_process()
+    seen: set[tuple[str, str, str]] = set()
+    deadline = time.monotonic() + 60
+    while "seeded with" not in second.log_text():
+        assert time.monotonic() < deadline, "the second replica never seeded"
+        seen |= {(n, *_ready_of(p)) for n, p in cluster.policies().items()}
+    for _ in range(25):  # its first writes would follow the seed at once; watch well past them
+        seen |= {(n, *_ready_of(p)) for n, p in cluster.policies().items()}
+        time.sleep(0.2)
+    assert seen == {(n, "False", "NotCompliant") for n in names}, sorted(seen)
+    assert lease_holder(cluster, vcenter) == holder.identity
+
+    replaced = {**ready["audit-07"], "reason": "VCenterNotFound", "message": "not ours"}
+    patched: Any = client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object_status(
+        "vtpm-operator.io",
+        "v1alpha1",
+        cluster.namespace,
+        "vtpmpolicies",
+        "audit-07",
+        {"status": {"conditions": [replaced]}},
+    )
+    assert _ready_of(patched) == ("False", "VCenterNotFound")
+    cluster.wait_for(
+        "audit-07",
+        lambda p: _ready_of(p) == ("False", "NotCompliant"),
+        timeout=10,
+        what="the holder's status written again",
+    )
+
+
+def _ready_of(policy: dict[str, Any]) -> tuple[str, str]:
+    ready = condition(policy, "Ready")
+    return str(ready.get("status")), str(ready.get("reason"))

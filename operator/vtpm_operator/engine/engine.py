@@ -151,6 +151,7 @@ class Engine:
         self.stop_event = threading.Event()
         self.draining_until: float | None = None
         self.failures = 0  # connection attempts that failed in a row
+        self.login_at = 0.0  # monotonic: after a failure, no login before this
         self.acting = False  # this replica held the lease at the last look
         self.judged: tuple[list[claims.Claimant], dict[str, claims.SharedVM]] = ([], {})  # → claims.judge
 
@@ -204,6 +205,10 @@ class Engine:
         if not acting:
             self.stop_event.wait(1.0)
             return False
+        if self.live is None and time.monotonic() < self.login_at:
+            self._publish()  # a policy that arrives during the backoff learns the problem at once
+            self.stop_event.wait(1.0)
+            return False
         try:
             if self.live is None:
                 self._connect()
@@ -218,7 +223,7 @@ class Engine:
         self.failures += 1
         self._publish()
         # One login per backoff step, however many policies wait for this vCenter.
-        self.stop_event.wait(min(60.0, 2.0 ** min(self.failures, 6)))
+        self.login_at = time.monotonic() + min(60.0, 2.0 ** min(self.failures, 6))
         return False
 
     def _drain(self) -> None:
@@ -883,6 +888,11 @@ class Engine:
             self.next_tags = 0.0
             if earlier is not None and earlier.policy != entry.policy:
                 self.retry.forget(self.selections.get(entry.key, _Selection()).selected)
+        written = self.written.get(entry.key)
+        if written is not None and entry.status.get("conditions") != written[0].get("conditions"):
+            # Not what this engine last wrote: another writer replaced it (a replica that lagged,
+            # a person), or an older write echoes late. Either way this engine's status goes again.
+            del self.written[entry.key]
         retried = bool(entry.retry) and (earlier is None or earlier.retry != entry.retry)
         if retried:
             self.retry.forget(None if entry.retry == "all" else {v.strip() for v in entry.retry.split(",")})
@@ -917,6 +927,7 @@ class Engine:
         self.config, self.generation = config, generation
         if reconnect:
             self._lost(PolicyProblem(ProblemReason.VCENTER_UNREACHABLE, "reconnecting with the new spec"))
+            self.login_at = 0.0  # the admin's fix is tried at once, not after the backoff
         self._mark_all_dirty()
 
     def _mark_all_dirty(self) -> None:

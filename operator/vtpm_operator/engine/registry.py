@@ -88,6 +88,22 @@ class Registry:
             if self._started:
                 thread.start()
 
+    def seed(
+        self,
+        namespaces: Mapping[str, Mapping[str, str]],
+        vcenters: list[Mapping[str, Any]],
+        policies: list[Mapping[str, Any]],
+    ) -> None:
+        """Everything the API server listed, before any engine acts. VCenters go in before the
+        policies that name them: a policy seen first would be told VCenterNotFound, and on a
+        second replica that write would replace the holder's status with a false one."""
+        for name, labels in namespaces.items():
+            self.namespace(name, labels)
+        for body in vcenters:
+            self.vcenter(body)
+        for body in policies:
+            self.policy(body)
+
     def start(self) -> None:
         """Seeded: let the engines act."""
         with self._lock:

@@ -83,21 +83,17 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 
 def _seed(registry: Registry, api: client.ApiClient, namespaces: list[str]) -> None:
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    for namespace in core.list_namespace().items:
-        meta: Any = namespace.metadata
-        registry.namespace(meta.name, meta.labels or {})
+    metas: list[Any] = [ns.metadata for ns in core.list_namespace().items]
+    labels: dict[str, Mapping[str, str]] = {meta.name: meta.labels or {} for meta in metas}
     pages: list[Any] = (
         [custom.list_namespaced_custom_object(GROUP, VERSION, ns, POLICIES) for ns in namespaces]
         if namespaces
         else [custom.list_cluster_custom_object(GROUP, VERSION, POLICIES)]
     )
     policies = [body for page in pages for body in page["items"]]
-    for body in policies:
-        registry.policy(body)
     vcenters: Any = custom.list_cluster_custom_object(GROUP, VERSION, VCENTERS)
-    for body in vcenters["items"]:
-        registry.vcenter(body)
-    log.info("seeded with %d policies", len(policies))
+    registry.seed(labels, vcenters["items"], policies)
+    log.info("seeded with %d VCenters and %d policies", len(vcenters["items"]), len(policies))
 
 
 @kopf.on.cleanup()

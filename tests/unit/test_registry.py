@@ -1,0 +1,104 @@
+"""The registry's routing of policies to engines, with the Publisher port recorded (no engine runs)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from vtpm_operator.connection import Credentials, Endpoint, VCenterConfig
+from vtpm_operator.engine.registry import Registry
+from vtpm_operator.events import Notice
+from vtpm_operator.problems import PolicyProblem, ProblemReason
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.policy_writes: list[tuple[str, str, Mapping[str, Any]]] = []
+
+    def policy_status(self, namespace: str, name: str, document: Mapping[str, Any]) -> None:
+        self.policy_writes.append((namespace, name, document))
+
+    def vcenter_status(self, name: str, document: Mapping[str, Any]) -> None:
+        pass
+
+    def policy_event(self, namespace: str, name: str, uid: str, notice: Notice) -> None:
+        pass
+
+    def record(self, vcenter: str, record: Mapping[str, Any]) -> None:
+        pass
+
+
+def _unreachable(config: VCenterConfig) -> tuple[Endpoint, Credentials]:
+    raise AssertionError("no engine runs in these tests")
+
+
+def _vcenter(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "generation": 1, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"server": "vc.example.com", "credentialsSecretRef": {"name": "creds"}},
+    }
+
+
+def _policy(name: str, vcenter: str) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "team", "name": name, "uid": name, "generation": 1},
+        "spec": {
+            "vcenterRef": {"name": vcenter},
+            "selector": {"tags": [{"category": "security", "name": "vtpm-required"}]},
+        },
+    }
+
+
+def _reasons(writes: list[tuple[str, str, Mapping[str, Any]]]) -> dict[str, list[str]]:
+    reasons: dict[str, list[str]] = {}
+    for _, name, document in writes:
+        ready = [c for c in document.get("conditions") or [] if c["type"] == "Ready"]
+        reasons.setdefault(name, []).append(ready[0]["reason"])
+    return reasons
+
+
+def test_seeding_never_tells_a_policy_its_existing_vcenter_is_missing() -> None:
+    """A restart lists policies and VCenters; on a replica that does not hold the lease, a
+    VCenterNotFound written while seeding would stand in place of the holder's status."""
+    publisher = RecordingPublisher()
+    registry = Registry(publisher, _unreachable, lambda name: {})
+    policies = [_policy(f"p{i}", "vc-a") for i in range(50)] + [_policy("orphan", "vc-gone")]
+    registry.seed({"team": {}}, [_vcenter("vc-a")], policies)
+
+    assert _reasons(publisher.policy_writes) == {"orphan": ["VCenterNotFound"]}
+    assert registry.names() == {"vc-a"}
+
+
+def _ready_reasons(publisher: RecordingPublisher, name: str) -> list[str]:
+    return _reasons(publisher.policy_writes).get(name, [])
+
+
+def test_a_policy_that_arrives_during_a_login_backoff_learns_the_problem_at_once() -> None:
+    """The Secret is missing and the engine waits up to a minute before its next login; a policy
+    created meanwhile is told why within its pulse, and no extra login is tried for it."""
+    publisher, logins = RecordingPublisher(), []
+
+    def secret_missing(config: VCenterConfig) -> tuple[Endpoint, Credentials]:
+        logins.append(config.credentials_secret)
+        raise PolicyProblem(ProblemReason.SECRET_NOT_FOUND, "Secret creds not found")
+
+    registry = Registry(publisher, secret_missing, lambda name: {})
+    registry.seed({"team": {}}, [_vcenter("vc-a")], [_policy("first", "vc-a")])
+    (running,) = registry._engines.values()
+    running.engine.failures = 6  # the next backoff is the longest one: 60 s
+    registry.start()
+    try:
+        _wait(lambda: _ready_reasons(publisher, "first") == ["SecretNotFound"])
+        registry.policy(_policy("second", "vc-a"))
+        _wait(lambda: _ready_reasons(publisher, "second") == ["SecretNotFound"], seconds=5)
+        assert logins == ["creds"]
+    finally:
+        registry.stop(grace=0)
+
+
+def _wait(predicate: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.05)
