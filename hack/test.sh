@@ -11,4 +11,6 @@ gofmt_out=$(gofmt -l hack/vcsim)
 [ -z "$gofmt_out" ] || { echo "gofmt would change: $gofmt_out"; exit 1; }
 (cd hack/vcsim && GO111MODULE=off GOPATH=/usr/share/gocode go vet . )
 # pytest exits 5 when it collects nothing: that is a failure here, as any other non-zero exit.
-.venv/bin/pytest "$@"
+# Two workers: the drills run beside the rest of the suite (tests/conftest.py says how). Arguments
+# given after them win: `-n 0` runs everything in this process.
+.venv/bin/pytest -n 2 --dist loadscope "$@"

@@ -34,6 +34,22 @@ KUBECTL = "/usr/bin/kubectl"
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`pytest -n 2 --dist loadscope` (hack/test.sh) runs two queues side by side: the drills, which
+    mostly wait (on leases, a slow or stopped vCenter, a stopped API server), one after another,
+    beside the rest of the suite. Each worker has a control plane of its own, each test its own
+    simulator. (Not `--dist loadgroup`: its marks have no effect with pytest 9's node ids.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class DrillsBesideTheSuite(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "drills" if nodeid.startswith("tests/e2e/test_drills.py::") else "suite"
+
+    return DrillsBesideTheSuite(config, log)
+
+
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     kubeconfig = os.environ.get("KUBECONFIG")
