@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from vtpm_operator.connection import Credentials, Endpoint, VCenterConfig
+from vtpm_operator.engine.engine import EngineSettings
 from vtpm_operator.engine.registry import Registry
 from vtpm_operator.events import Notice
 from vtpm_operator.problems import PolicyProblem, ProblemReason
@@ -102,3 +104,30 @@ def _wait(predicate: Callable[[], bool], seconds: float = 10) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "not within the time allowed"
         time.sleep(0.05)
+
+
+def test_an_engine_acts_as_soon_as_its_lease_is_taken() -> None:
+    """It naps while another replica holds the lease; taking the lease ends the nap at once."""
+    publisher, holding, logins = RecordingPublisher(), threading.Event(), []
+
+    def secret_missing(config: VCenterConfig) -> tuple[Endpoint, Credentials]:
+        logins.append(config.credentials_secret)
+        raise PolicyProblem(ProblemReason.SECRET_NOT_FOUND, "Secret creds not found")
+
+    registry = Registry(
+        publisher,
+        secret_missing,
+        lambda name: {},
+        may_act=lambda name: holding.is_set(),
+        settings=EngineSettings(pause=60),
+    )
+    registry.seed({"team": {}}, [_vcenter("vc-a")], [_policy("first", "vc-a")])
+    registry.start()
+    try:
+        time.sleep(0.5)  # its first look found the lease held elsewhere: it naps (for up to 60 s)
+        assert logins == []
+        holding.set()
+        registry.wake("vc-a")
+        _wait(lambda: logins == ["creds"], seconds=10)
+    finally:
+        registry.stop(grace=0)

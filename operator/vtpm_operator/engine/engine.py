@@ -57,6 +57,7 @@ class EngineSettings:
     retry_base: float = 30.0
     retry_limit: int = 3
     settle: float = 5.0  # after a change ends, its VM's debts wait for the feed to catch up
+    pause: float = 1.0  # the longest nap while not reading (no lease, a login backoff): wake() ends it
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class Engine:
         self.current_at: float | None = None  # the last moment the view was known current
         self.document: dict[str, Any] = {}
         self.stop_event = threading.Event()
+        self.wakeup = threading.Event()  # set by wake(): a nap ends at once
         self.draining_until: float | None = None
         self.failures = 0  # connection attempts that failed in a row
         self.login_at = 0.0  # monotonic: after a failure, no login before this
@@ -157,19 +159,28 @@ class Engine:
 
     # --- from the Kubernetes side (any thread) --------------------------------------------------
     def upsert_policy(self, entry: PolicyEntry) -> None:
-        self.inbox.put(lambda: self._upsert(entry))
+        self._post(lambda: self._upsert(entry))
 
     def remove_policy(self, key: str) -> None:
-        self.inbox.put(lambda: self._remove(key))
+        self._post(lambda: self._remove(key))
 
     def reconfigure(self, config: VCenterConfig, generation: int) -> None:
-        self.inbox.put(lambda: self._reconfigure(config, generation))
+        self._post(lambda: self._reconfigure(config, generation))
 
     def namespaces_changed(self) -> None:
-        self.inbox.put(self._mark_all_dirty)
+        self._post(self._mark_all_dirty)
+
+    def wake(self) -> None:
+        """Its lease was just taken, or a message came: a nap ends now, not at its end."""
+        self.wakeup.set()
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.wake()
+
+    def _post(self, message: Callable[[], None]) -> None:
+        self.inbox.put(message)
+        self.wake()
 
     def drain(self, grace: float) -> None:
         """A graceful stop: start nothing new, await only the tasks already submitted (up to
@@ -203,11 +214,11 @@ class Engine:
         except _NotYet:
             acting = False
         if not acting:
-            self.stop_event.wait(1.0)
+            self._nap()
             return False
         if self.live is None and time.monotonic() < self.login_at:
             self._publish()  # a policy that arrives during the backoff learns the problem at once
-            self.stop_event.wait(1.0)
+            self._nap(self.login_at - time.monotonic())
             return False
         try:
             if self.live is None:
@@ -236,6 +247,12 @@ class Engine:
                 message()
             except Exception:  # one bad message must not lose the others
                 log.exception("engine %s: a message from the Kubernetes side failed", self.name)
+
+    def _nap(self, seconds: float | None = None) -> None:
+        """Wait up to `pause` (or `seconds`, if shorter), unless woken first."""
+        limit = self.settings.pause if seconds is None else min(seconds, self.settings.pause)
+        self.wakeup.wait(max(0.0, limit))
+        self.wakeup.clear()  # whatever woke it is handled by the turn that follows
 
     def _holding(self) -> bool:
         return self.hooks.may_act(self.name)
@@ -371,7 +388,7 @@ class Engine:
             self.fleet_ready = False
             self.next_full = 0.0
             self._publish()
-            self.stop_event.wait(1.0)
+            self._nap()
             self._drain()
             return
         now = time.time()

@@ -252,6 +252,13 @@ class Registry:
         for engine in engines:
             engine.namespaces_changed()
 
+    def wake(self, name: str) -> None:
+        """The VCenter's lease was just taken here: its engine acts now, not after its nap."""
+        with self._lock:
+            running = self._engines.get(name)
+        if running is not None:
+            running.engine.wake()
+
     def names(self) -> frozenset[str]:
         with self._lock:
             return frozenset(self._engines)

@@ -64,7 +64,7 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         memo["operator_namespace"],
         memo.get("identity") or default_identity(),
         can_release=registry.idle,
-        on_acquired=lambda name: log.info("holding the lease of VCenter %s", name),
+        on_acquired=lambda name: _acquired(registry, name),
         on_lost=lambda name: log.info("no longer holding the lease of VCenter %s", name),
     )
     registry.may_act = elector.holds
@@ -79,6 +79,11 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     threading.Thread(target=elector.run, args=(stopping,), name="leases", daemon=True).start()
     registry.start()
     memo.update(registry=registry, publisher=publisher, elector=elector, stopping=stopping)
+
+
+def _acquired(registry: Registry, name: str) -> None:
+    log.info("holding the lease of VCenter %s", name)
+    registry.wake(name)
 
 
 def _seed(registry: Registry, api: client.ApiClient, namespaces: list[str]) -> None:
