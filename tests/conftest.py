@@ -24,7 +24,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from testbed.kube import ControlPlane, control_plane_from_kubeconfig, running_control_plane
+from testbed.kube import ControlPlane, control_plane_from_kubeconfig, free_port, running_control_plane
 from testbed.vcsim import Simulator, build_simulator, make_tls, running_simulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +34,7 @@ KUBECTL = "/usr/bin/kubectl"
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
+@pytest.hookimpl(optionalhook=True)  # without xdist (-p no:xdist) the hook is unknown
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`pytest -n 2 --dist loadscope` (hack/test.sh) runs two queues side by side: the drills, which
     mostly wait (on leases, a slow or stopped vCenter, a stopped API server), one after another,
@@ -56,7 +57,9 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     if kubeconfig and os.environ.get("VTPM_USE_EXISTING_CLUSTER") == "1":
         yield control_plane_from_kubeconfig(Path(kubeconfig))
         return
-    with running_control_plane(tmp_path_factory.mktemp("control-plane")) as cp:
+    ports = {"apiserver_port": free_port(), "etcd_port": free_port(), "etcd_peer_port": free_port()}
+    # Its own ports, whatever $VTPM_APISERVER_PORT says: each xdist worker has a control plane.
+    with running_control_plane(tmp_path_factory.mktemp("control-plane"), **ports) as cp:
         yield cp
 
 

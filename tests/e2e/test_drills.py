@@ -543,12 +543,20 @@ def test_drill_a_replica_starting_leaves_the_holders_statuses_alone(
     while "seeded with" not in second.log_text():
         assert time.monotonic() < deadline, "the second replica never seeded"
         seen |= {(n, *_ready_of(p)) for n, p in cluster.policies().items()}
+        time.sleep(0.1)
     for _ in range(25):  # its first writes would follow the seed at once; watch well past them
         seen |= {(n, *_ready_of(p)) for n, p in cluster.policies().items()}
         time.sleep(0.2)
     assert seen == {(n, "False", "NotCompliant") for n in names}, sorted(seen)
+    # The witness that sees every write, however short the flap it made: the second wrote none.
+    assert second.metric("vtpm_operator_status_writes_total") == 0
+    assert holder.metric("vtpm_operator_status_writes_total", outcome="success") > 0
     assert lease_holder(cluster, vcenter) == holder.identity
 
+    # Replaced just after the holder's own refresh of it (every 50 s): only the heal can write it
+    # again within the 10 s below.
+    synced = cluster.policy("audit-07")["status"]["lastSyncTime"]
+    cluster.wait_for("audit-07", lambda p: p["status"]["lastSyncTime"] != synced, timeout=70)
     replaced = {**ready["audit-07"], "reason": "VCenterNotFound", "message": "not ours"}
     patched: Any = client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object_status(
         "vtpm-operator.io",

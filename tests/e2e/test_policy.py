@@ -223,7 +223,20 @@ def test_absent_needs_allow_removal(simulator: Simulator, cluster: Cluster, run_
     assert simulator.admin.call_counts().get("ReconfigVM_Task", 0) == 0
     assert vm_state(simulator, fleet.ids["a"])["vtpm"]
 
+    # Both must allow it: the policy now does, its VCenter (the admin's) not yet.
+    cluster.vcenter(simulator, allowRemoval=False)
     cluster.apply(policy_manifest("remove", vcenter, vtpm="Absent", allowRemoval=True))
+    policy = cluster.wait_for(
+        "remove",
+        lambda p: (
+            p["metadata"]["generation"] == p["status"].get("observedGeneration")
+            and "has allowRemoval: false" in condition(p, "Ready").get("message", "")
+        ),
+        what="the VCenter's refusal",
+    )
+    assert simulator.admin.call_counts().get("ReconfigVM_Task", 0) == 0
+
+    cluster.vcenter(simulator, allowRemoval=True)  # the admin allows it: the same policy acts now
     policy = cluster.wait_for(
         "remove", lambda p: settled(p) and condition(p, "Ready")["status"] == "True", what="removal"
     )

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -124,6 +124,9 @@ class Engine:
         self.selections: dict[str, _Selection] = {}
         self.last_reports: dict[str, SyncResult | PolicyProblem] = {}
         self.written: dict[str, tuple[dict[str, Any], float]] = {}  # key → (document sans time, when)
+        # key → the conditions of its last few writes: an echo that matches none was written by
+        # someone else (a late echo of an earlier write of ours matches one)
+        self.sent: dict[str, deque[Any]] = {}
         self.synced_at: dict[str, float] = {}  # key → when its view was last known current
         self.totals: dict[str, dict[str, int]] = {}  # key → running totals, as recorded
         self.recorded: dict[str, Any] | None = None  # the change record as last handed over
@@ -186,6 +189,7 @@ class Engine:
         """A graceful stop: start nothing new, await only the tasks already submitted (up to
         `grace` seconds), abandon guest shutdown waits (their markers stay, for the next holder)."""
         self.draining_until = time.time() + grace
+        self.wake()
 
     @property
     def idle(self) -> bool:
@@ -211,8 +215,9 @@ class Engine:
             return self._drained()
         try:
             acting = self._may_act()
-        except _NotYet:
-            acting = False
+        except _NotYet:  # a fixed wait: not a read of the record per message that wakes it
+            self.stop_event.wait(1.0)
+            return False
         if not acting:
             self._nap()
             return False
@@ -295,6 +300,7 @@ class Engine:
         self.fleet_ready = False
         self.views.clear()
         self.written.clear()
+        self.sent.clear()
         self.last_reports.clear()
         for entry in self.policies.values():
             metrics.forget_policy(entry.namespace, entry.name)
@@ -544,6 +550,7 @@ class Engine:
                 view.refresh(fleet)
                 continue
             view.claimant = claimant
+            view.removal_refused = self._removal_refused(claimant.policy)  # the VCenter's may change
             view.excluded = self.selections[claimant.key].excluded
             view.refresh(fleet, None if self.dirty_all else self.dirty_vms)
         for key in [k for k in self.views if k not in {c.key for c in claimants}]:
@@ -849,6 +856,7 @@ class Engine:
         written = self.written.get(key)
         if written is None or written[0] != timeless or now - written[1] >= self.settings.status_refresh:
             self.written[key] = (timeless, now)
+            self.sent.setdefault(key, deque(maxlen=_SENT_KEPT)).append(document.get("conditions"))
             self.hooks.publisher.policy_status(entry.namespace, entry.name, document)
 
     def _policy_metrics(
@@ -905,11 +913,12 @@ class Engine:
             self.next_tags = 0.0
             if earlier is not None and earlier.policy != entry.policy:
                 self.retry.forget(self.selections.get(entry.key, _Selection()).selected)
-        written = self.written.get(entry.key)
-        if written is not None and entry.status.get("conditions") != written[0].get("conditions"):
-            # Not what this engine last wrote: another writer replaced it (a replica that lagged,
-            # a person), or an older write echoes late. Either way this engine's status goes again.
-            del self.written[entry.key]
+        sent = self.sent.get(entry.key)
+        if sent and entry.status.get("conditions") not in sent:
+            # Another writer replaced this engine's status (a replica that lagged, a person):
+            # it goes again at the next publish, not at the next refresh.
+            self.written.pop(entry.key, None)
+            sent.clear()
         retried = bool(entry.retry) and (earlier is None or earlier.retry != entry.retry)
         if retried:
             self.retry.forget(None if entry.retry == "all" else {v.strip() for v in entry.retry.split(",")})
@@ -923,6 +932,7 @@ class Engine:
         self.selections.pop(key, None)
         self.last_reports.pop(key, None)
         self.written.pop(key, None)
+        self.sent.pop(key, None)
         if entry is not None:
             metrics.forget_policy(entry.namespace, entry.name)
         self.dirty_all = True
@@ -953,6 +963,7 @@ class Engine:
 
 
 _TOTALS = ("remediatedTotal", "driftedTotal")
+_SENT_KEPT = 4  # writes whose echo may still be on its way (the publisher writes each object ≤ 1/s)
 
 
 class _NotYet(Exception):
