@@ -131,3 +131,18 @@ def test_an_engine_acts_as_soon_as_its_lease_is_taken() -> None:
         _wait(lambda: logins == ["creds"], seconds=10)
     finally:
         registry.stop(grace=0)
+
+
+def test_only_a_namespace_that_changed_makes_engines_judge_again() -> None:
+    """At start Kopf lists every namespace the seed already has: at 10k VMs and 20 policies each
+    needless judgement of the whole fleet costs about 0.7 s while the first statuses are written."""
+    registry = Registry(RecordingPublisher(), _unreachable, lambda name: {})
+    registry.seed({"team": {"env": "prod"}}, [_vcenter("vc-a")], [_policy("first", "vc-a")])
+    (running,) = registry._engines.values()
+    queued = running.engine.inbox.qsize()  # the seeded policy
+    registry.namespace("team", {"env": "prod"})
+    assert running.engine.inbox.qsize() == queued
+    registry.namespace("team", {"env": "dev"})
+    registry.namespace("team", None)
+    registry.namespace("other", {})
+    assert running.engine.inbox.qsize() == queued + 3

@@ -244,10 +244,13 @@ class Registry:
     # --- namespaces -----------------------------------------------------------------------------
     def namespace(self, name: str, labels: Mapping[str, str] | None) -> None:
         with self._lock:
+            known = self._namespaces.get(name)
             if labels is None:
                 self._namespaces.pop(name, None)
             else:
                 self._namespaces[name] = dict(labels)
+            if known == (None if labels is None else dict(labels)):
+                return  # as seeded (Kopf lists every namespace at start): nothing to judge again
             engines = [r.engine for r in self._engines.values()]
         for engine in engines:
             engine.namespaces_changed()
