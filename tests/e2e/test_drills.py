@@ -524,7 +524,8 @@ def test_drill_a_replica_starting_leaves_the_holders_statuses_alone(
 ) -> None:
     """A replica that starts (a scale-up, a rollout's new pod) lists everything before it acts. Of
     20 policies, none may flap while it does; and a status that someone else replaced is written
-    again by the holder within seconds, not at the next refresh."""
+    again by the holder within seconds, not at the next refresh (it tells a foreign write by the
+    conditions: operator/vtpm_operator/engine/echoes.py)."""
     build_fleet(simulator, [VMSpec(f"vm-{i}") for i in range(40)])
     vcenter = cluster.vcenter(simulator)
     names = [f"audit-{i:02}" for i in range(20)]

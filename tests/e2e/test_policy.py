@@ -223,8 +223,13 @@ def test_absent_needs_allow_removal(simulator: Simulator, cluster: Cluster, run_
     assert simulator.admin.call_counts().get("ReconfigVM_Task", 0) == 0
     assert vm_state(simulator, fleet.ids["a"])["vtpm"]
 
-    # Both must allow it: the policy now does, its VCenter (the admin's) not yet.
+    # Both must allow it: the policy now does, its VCenter (the admin's) not yet. The VCenter's
+    # change is seen first (they arrive on two watches), so that removal is never allowed meanwhile.
     cluster.vcenter(simulator, allowRemoval=False)
+    deadline = time.monotonic() + 30
+    while not _status_current(vc := cluster.vcenter_object(vcenter)):
+        assert time.monotonic() < deadline, vc.get("status")
+        time.sleep(0.2)
     cluster.apply(policy_manifest("remove", vcenter, vtpm="Absent", allowRemoval=True))
     policy = cluster.wait_for(
         "remove",
@@ -243,6 +248,10 @@ def test_absent_needs_allow_removal(simulator: Simulator, cluster: Cluster, run_
     for name in ("a", "b"):
         assert vm_state(simulator, fleet.ids[name]) == {"power": "poweredOff", "vtpm": False, "key_id": None}
     assert policy["status"]["summary"]["remediatedTotal"] == 2
+
+
+def _status_current(obj: dict[str, Any]) -> bool:
+    return (obj.get("status") or {}).get("observedGeneration") == obj["metadata"]["generation"]
 
 
 @pytest.mark.parametrize("simulator", [{"vms": 4}], indirect=True)

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from vtpm_operator import claims, metrics
 from vtpm_operator.connection import Credentials, Endpoint, VCenterConfig
+from vtpm_operator.engine.echoes import Echoes
 from vtpm_operator.engine.queue import ChangeQueue, Finished, Flight, LeaseGone, Wanted
 from vtpm_operator.engine.views import Fleet, PolicyView
 from vtpm_operator.engine.workflow import Plan, TaskDone, pay_debt, vtpm_change
@@ -124,9 +125,7 @@ class Engine:
         self.selections: dict[str, _Selection] = {}
         self.last_reports: dict[str, SyncResult | PolicyProblem] = {}
         self.written: dict[str, tuple[dict[str, Any], float]] = {}  # key → (document sans time, when)
-        # key → the conditions of its last few writes: an echo that matches none was written by
-        # someone else (a late echo of an earlier write of ours matches one)
-        self.sent: dict[str, deque[Any]] = {}
+        self.echoes: dict[str, Echoes] = {}  # key → its recent writes, to tell a foreign one
         self.synced_at: dict[str, float] = {}  # key → when its view was last known current
         self.totals: dict[str, dict[str, int]] = {}  # key → running totals, as recorded
         self.recorded: dict[str, Any] | None = None  # the change record as last handed over
@@ -300,7 +299,7 @@ class Engine:
         self.fleet_ready = False
         self.views.clear()
         self.written.clear()
-        self.sent.clear()
+        self.echoes.clear()
         self.last_reports.clear()
         for entry in self.policies.values():
             metrics.forget_policy(entry.namespace, entry.name)
@@ -856,7 +855,7 @@ class Engine:
         written = self.written.get(key)
         if written is None or written[0] != timeless or now - written[1] >= self.settings.status_refresh:
             self.written[key] = (timeless, now)
-            self.sent.setdefault(key, deque(maxlen=_SENT_KEPT)).append(document.get("conditions"))
+            self.echoes.setdefault(key, Echoes()).wrote(document.get("conditions"))
             self.hooks.publisher.policy_status(entry.namespace, entry.name, document)
 
     def _policy_metrics(
@@ -913,12 +912,9 @@ class Engine:
             self.next_tags = 0.0
             if earlier is not None and earlier.policy != entry.policy:
                 self.retry.forget(self.selections.get(entry.key, _Selection()).selected)
-        sent = self.sent.get(entry.key)
-        if sent and entry.status.get("conditions") not in sent:
-            # Another writer replaced this engine's status (a replica that lagged, a person):
-            # it goes again at the next publish, not at the next refresh.
-            self.written.pop(entry.key, None)
-            sent.clear()
+        echoes = self.echoes.get(entry.key)
+        if echoes is not None and echoes.replaced_by_another(entry.status.get("conditions")):
+            self.written.pop(entry.key, None)  # written again at the next publish
         retried = bool(entry.retry) and (earlier is None or earlier.retry != entry.retry)
         if retried:
             self.retry.forget(None if entry.retry == "all" else {v.strip() for v in entry.retry.split(",")})
@@ -932,7 +928,7 @@ class Engine:
         self.selections.pop(key, None)
         self.last_reports.pop(key, None)
         self.written.pop(key, None)
-        self.sent.pop(key, None)
+        self.echoes.pop(key, None)
         if entry is not None:
             metrics.forget_policy(entry.namespace, entry.name)
         self.dirty_all = True
@@ -963,7 +959,6 @@ class Engine:
 
 
 _TOTALS = ("remediatedTotal", "driftedTotal")
-_SENT_KEPT = 4  # writes whose echo may still be on its way (the publisher writes each object ≤ 1/s)
 
 
 class _NotYet(Exception):
