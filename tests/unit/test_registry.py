@@ -30,6 +30,9 @@ class RecordingPublisher:
     def record(self, vcenter: str, record: Mapping[str, Any]) -> None:
         pass
 
+    def wait_recorded(self, vcenter: str, timeout: float) -> bool:
+        return True
+
 
 def _unreachable(config: VCenterConfig) -> tuple[Endpoint, Credentials]:
     raise AssertionError("no engine runs in these tests")

@@ -88,6 +88,10 @@ class Publisher(Protocol):
         """Written before any status submitted after it."""
         ...
 
+    def wait_recorded(self, vcenter: str, timeout: float) -> bool:
+        """Whether the last record handed over is written within `timeout` seconds."""
+        ...
+
 
 @dataclass
 class Hooks:
@@ -419,6 +423,8 @@ class Engine:
                     self._admit()
                 except LeaseGone:  # mid-round: the next iteration steps back
                     pass
+                except NotRecorded as error:  # the API server does not answer: nothing starts
+                    log.warning("vCenter %s: change record not written; %s stays queued", self.name, error)
         self.live.watch_tasks(self.queue.watched_tasks())
         self._publish()
 
@@ -622,8 +628,13 @@ class Engine:
         earlier = self.intents.get(vm_id)
         self.intents[vm_id] = {"action": plan.change.action.value, "owners": list(wanted.owners)}
         try:
+            # Its intent is written before vCenter hears of the change: killed right after it,
+            # this replica leaves the next holder what to credit (remediatedTotal, exactly once).
+            self._record()
+            if not self.hooks.publisher.wait_recorded(self.name, RECORD_WAIT):
+                raise NotRecorded(vm_id)
             done = self.queue.start(flight, self._holding)
-        except LeaseGone:  # not started: what was recorded before stays as it was
+        except (LeaseGone, NotRecorded):  # not started: what was recorded before stays as it was
             if earlier is None:
                 del self.intents[vm_id]
             else:
@@ -959,6 +970,13 @@ class Engine:
 
 
 _TOTALS = ("remediatedTotal", "driftedTotal")
+
+
+RECORD_WAIT = 5.0  # seconds a change waits for its intent to be written before it stays queued
+
+
+class NotRecorded(Exception):
+    """A change's intent could not be written to the change record: it does not start."""
 
 
 class _NotYet(Exception):

@@ -36,7 +36,10 @@ _Key = tuple[str, str]  # (namespace or "" for a VCenter, name)
 class KubePublisher:
     def __init__(self, api: client.ApiClient, records: RecordStore, interval: float = 1.0) -> None:
         self.records = records
-        self._records: dict[str, Mapping[str, Any]] = {}  # vCenter → its change record to write
+        self._records: dict[str, tuple[int, Mapping[str, Any]]] = {}  # vCenter → (number, record) to write
+        self._handed = 0  # records handed over so far, numbered
+        self._saved: dict[str, int] = {}  # vCenter → the number of its record last written
+        self._latest: dict[str, int] = {}  # vCenter → the number of its record last handed over
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.interval = interval
@@ -54,7 +57,7 @@ class KubePublisher:
     def stop(self, flush_seconds: float = 5.0) -> None:
         with self._lock:
             self._stopping = True
-            self._lock.notify()
+            self._lock.notify_all()
         self._thread.join(timeout=flush_seconds)
 
     # --- engine.Publisher --------------------------------------------------------------------
@@ -67,17 +70,30 @@ class KubePublisher:
     def policy_event(self, namespace: str, name: str, uid: str, notice: Notice) -> None:
         with self._lock:
             self._events.append((namespace, name, uid, notice))
-            self._lock.notify()
+            self._lock.notify_all()
 
     def record(self, vcenter: str, record: Mapping[str, Any]) -> None:
         with self._lock:
-            self._records[vcenter] = record
-            self._lock.notify()
+            self._handed += 1
+            self._records[vcenter] = (self._handed, record)
+            self._latest[vcenter] = self._handed
+            self._lock.notify_all()
+
+    def wait_recorded(self, vcenter: str, timeout: float) -> bool:
+        """Whether the last record handed over for `vcenter` is written within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._saved.get(vcenter, 0) < self._latest.get(vcenter, 0):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping:
+                    return False
+                self._lock.wait(left)
+            return True
 
     def _submit(self, key: _Key, document: Mapping[str, Any]) -> None:
         with self._lock:
             self._pending[key] = document
-            self._lock.notify()
+            self._lock.notify_all()
 
     # --- the writer thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -105,16 +121,19 @@ class KubePublisher:
             for event in events:
                 self._post(*event)
 
-    def _write_records(self, records: dict[str, Mapping[str, Any]]) -> bool:
-        for vcenter, record in records.items():
+    def _write_records(self, records: dict[str, tuple[int, Mapping[str, Any]]]) -> bool:
+        for vcenter, (number, record) in records.items():
             try:
                 self.records.save(vcenter, record)
             except Exception as error:  # kept, and tried again next round
                 log.warning("change record of %s not written (%s); retrying", vcenter, error)
                 with self._lock:
-                    self._records.setdefault(vcenter, record)
+                    self._records.setdefault(vcenter, (number, record))
                 time.sleep(min(5.0, self.interval))
                 return False
+            with self._lock:
+                self._saved[vcenter] = max(number, self._saved.get(vcenter, 0))
+                self._lock.notify_all()
         return True
 
     def _write(self, key: _Key, document: Mapping[str, Any]) -> None:
