@@ -26,3 +26,18 @@ def test_wait_recorded_returns_once_the_record_is_in_the_api_server(
         assert publisher.wait_recorded("vc-b", 0) is True  # nothing handed over for it: nothing owed
     finally:
         publisher.stop()
+
+
+def test_a_record_that_cannot_be_written_holds_back_no_other_vcenter(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    """A ConfigMap holds at most 1 MiB: that record is refused every time, the other still goes."""
+    publisher = KubePublisher(kube_api, RecordStore(kube_api, namespace))
+    publisher.start()
+    try:
+        publisher.record("vc-huge", {"intents": {"vm-1": {"note": "x" * 1_100_000}}})
+        publisher.record("vc-ok", {"intents": {"vm-2": {"action": "Add", "owners": ["team/p"]}}})
+        assert publisher.wait_recorded("vc-ok", 20) is True
+        assert publisher.wait_recorded("vc-huge", 5) is False
+    finally:
+        publisher.stop()

@@ -423,8 +423,8 @@ class Engine:
                     self._admit()
                 except LeaseGone:  # mid-round: the next iteration steps back
                     pass
-                except NotRecorded as error:  # the API server does not answer: nothing starts
-                    log.warning("vCenter %s: change record not written; %s stays queued", self.name, error)
+                except NotStarted as error:  # the API server does not answer, or a stop came
+                    log.warning("vCenter %s: %s", self.name, error)
         self.live.watch_tasks(self.queue.watched_tasks())
         self._publish()
 
@@ -630,11 +630,14 @@ class Engine:
         try:
             # Its intent is written before vCenter hears of the change: killed right after it,
             # this replica leaves the next holder what to credit (remediatedTotal, exactly once).
+            self.recorded = None  # handed over even when it equals the record loaded at take-over
             self._record()
             if not self.hooks.publisher.wait_recorded(self.name, RECORD_WAIT):
-                raise NotRecorded(vm_id)
+                raise NotStarted(f"the change record is not written; {vm_id} stays queued")
+            if self.draining_until is not None or self.stop_event.is_set():
+                raise NotStarted(f"stopping; {vm_id} stays queued")  # asked during the wait
             done = self.queue.start(flight, self._holding)
-        except (LeaseGone, NotRecorded):  # not started: what was recorded before stays as it was
+        except (LeaseGone, NotStarted):  # not started: what was recorded before stays as it was
             if earlier is None:
                 del self.intents[vm_id]
             else:
@@ -975,8 +978,8 @@ _TOTALS = ("remediatedTotal", "driftedTotal")
 RECORD_WAIT = 5.0  # seconds a change waits for its intent to be written before it stays queued
 
 
-class NotRecorded(Exception):
-    """A change's intent could not be written to the change record: it does not start."""
+class NotStarted(Exception):
+    """A change did not start: its intent could not be written, or a stop came meanwhile."""
 
 
 class _NotYet(Exception):

@@ -40,6 +40,7 @@ class KubePublisher:
         self._handed = 0  # records handed over so far, numbered
         self._saved: dict[str, int] = {}  # vCenter → the number of its record last written
         self._latest: dict[str, int] = {}  # vCenter → the number of its record last handed over
+        self._failing: set[str] = set()  # vCenters whose last record write failed
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.interval = interval
@@ -80,12 +81,13 @@ class KubePublisher:
             self._lock.notify_all()
 
     def wait_recorded(self, vcenter: str, timeout: float) -> bool:
-        """Whether the last record handed over for `vcenter` is written within `timeout` seconds."""
+        """Whether the last record handed over for `vcenter` is written within `timeout` seconds;
+        False at once while its writes fail (the API server down: no change waits on it)."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while self._saved.get(vcenter, 0) < self._latest.get(vcenter, 0):
                 left = deadline - time.monotonic()
-                if left <= 0 or self._stopping:
+                if left <= 0 or self._stopping or vcenter in self._failing:
                     return False
                 self._lock.wait(left)
             return True
@@ -122,19 +124,27 @@ class KubePublisher:
                 self._post(*event)
 
     def _write_records(self, records: dict[str, tuple[int, Mapping[str, Any]]]) -> bool:
+        """Write each record; False when any failed (those are kept, to be tried again). One
+        vCenter's record that keeps failing never holds back another's."""
+        failed = False
         for vcenter, (number, record) in records.items():
             try:
                 self.records.save(vcenter, record)
-            except Exception as error:  # kept, and tried again next round
+            except Exception as error:
                 log.warning("change record of %s not written (%s); retrying", vcenter, error)
+                failed = True
                 with self._lock:
-                    self._records.setdefault(vcenter, (number, record))
-                time.sleep(min(5.0, self.interval))
-                return False
+                    self._records.setdefault(vcenter, (number, record))  # unless a newer came
+                    self._failing.add(vcenter)
+                    self._lock.notify_all()
+                continue
             with self._lock:
                 self._saved[vcenter] = max(number, self._saved.get(vcenter, 0))
+                self._failing.discard(vcenter)
                 self._lock.notify_all()
-        return True
+        if failed:
+            time.sleep(min(5.0, self.interval))
+        return not failed
 
     def _write(self, key: _Key, document: Mapping[str, Any]) -> None:
         namespace, name = key
