@@ -78,16 +78,9 @@ func (h *interceptor) serveSOAP(w http.ResponseWriter, r *http.Request) {
 	if c, err := r.Cookie(soap.SessionCookieName); err == nil {
 		call.session = c.Value
 	}
-	h.st.count(call.name)
 	h.st.auth.noteSOAPCall(call.name)
 	if !sleepCtx(r, h.st.auth.latencyFor("soap")) {
 		return // the client gave up
-	}
-
-	if rule := h.st.takeRule(call.name, ""); rule != nil {
-		if h.applyRule(w, r, rule, &call.this) {
-			return
-		}
 	}
 
 	if !noSessionMethods[call.name] && sessionUser(call.session) == "" {
@@ -95,6 +88,15 @@ func (h *interceptor) serveSOAP(w http.ResponseWriter, r *http.Request) {
 			NoPermission: types.NoPermission{Object: call.this, PrivilegeId: "System.View"},
 		}, "The session is not authenticated.")
 		return
+	}
+	// Counted once past authentication: a call refused as NotAuthenticated never reached what
+	// vCenter executes, and a client that renews its session and calls again made one call.
+	h.st.count(call.name)
+
+	if rule := h.st.takeRule(call.name, ""); rule != nil {
+		if h.applyRule(w, r, rule, &call.this) {
+			return
+		}
 	}
 
 	if h.st.handleSOAP(w, r, call) {

@@ -138,3 +138,20 @@ def test_expired_sessions_get_not_authenticated(simulator: Simulator, si: Any) -
         assert len(retrieve_all(fresh, vim.VirtualMachine, ["name"])) == 4
     finally:
         disconnect(fresh)
+
+
+def test_a_call_refused_for_an_expired_session_is_not_counted(simulator: Simulator, si: Any) -> None:
+    """The counters are the drills' witness of what vCenter executed: a call refused as
+    NotAuthenticated, then made again on a fresh session, counts once."""
+    simulator.admin.reset_call_counts()
+    assert simulator.admin.expire_sessions() >= 1
+    with pytest.raises(vim.fault.NotAuthenticated):
+        retrieve_all(si, vim.VirtualMachine, ["name"])
+    refused = {m: n for m, n in simulator.admin.call_counts().items() if m != "RetrieveServiceContent"}
+    assert refused == {}  # the service content needs no session: that call was answered
+    fresh = connect(simulator)
+    try:
+        retrieve_all(fresh, vim.VirtualMachine, ["name"])
+    finally:
+        disconnect(fresh)
+    assert simulator.admin.call_counts().get("Login") == 1
