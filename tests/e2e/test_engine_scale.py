@@ -6,18 +6,25 @@ report is computed here from the same rules, not written down by hand.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
+from kubernetes import client, watch
 
 from testbed.fleet import CATEGORY, EXEMPT_TAG, VMSpec, build_fleet
 from testbed.vcsim import Simulator
 
-from .conftest import Cluster, Replicas, policy_manifest, summary
+from .conftest import Cluster, Replicas, policy_manifest, settled, summary
 
 pytestmark = pytest.mark.slow
+
+GROUP, VERSION = "vtpm-operator.io", "v1alpha1"
 
 VMS = 30
 GROUPS = 10  # tags group-0 .. group-9, one per policy selection rule
@@ -225,3 +232,69 @@ def test_hundred_policies_share_one_engine(simulator: Simulator, cluster: Cluste
     auth = simulator.admin.auth_counters()
     assert (auth.soap_logins, auth.rest_logins) == (1, 1), auth
     assert auth.active_soap_sessions == 1, auth
+
+
+class StatusWitness:
+    """Counts the MODIFIED events of the namespace's policies and of one VCenter, from watches
+    opened at once: each status write that changes an object is one event."""
+
+    def __init__(self, cluster: Cluster, vcenter: str) -> None:
+        self.counts: Counter[str] = Counter()
+        self._stop = threading.Event()
+        custom = client.CustomObjectsApi(cluster.api)
+        policies = partial(
+            custom.list_namespaced_custom_object, GROUP, VERSION, cluster.namespace, "vtpmpolicies"
+        )
+        vcenters = partial(custom.list_cluster_custom_object, GROUP, VERSION, "vcenters")
+        self._threads = [
+            threading.Thread(
+                target=self._follow, args=(lister, only, lister()["metadata"]["resourceVersion"])
+            )
+            for lister, only in ((policies, None), (vcenters, vcenter))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def __enter__(self) -> StatusWitness:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+    def _follow(self, lister: Callable[..., Any], only: str | None, version: str) -> None:
+        while not self._stop.is_set():
+            for event in watch.Watch().stream(lister, resource_version=version, timeout_seconds=1):
+                body = event["object"]
+                version = body["metadata"]["resourceVersion"]
+                if event["type"] == "MODIFIED" and only in (None, body["metadata"]["name"]):
+                    self.counts[body["metadata"]["name"]] += 1
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 40}], indirect=True)
+def test_at_start_each_status_is_written_once(
+    simulator: Simulator, cluster: Cluster, run_process: Any
+) -> None:
+    """The startup listing of the policies reaches the engine after its first status writes. Read
+    as another writer's status it would make the holder write every policy a second time, at
+    every start (operator/vtpm_operator/engine/echoes.py). The operator's own count of its writes
+    must equal the changes the API server shows: 20 policies, one write each."""
+    build_fleet(simulator, [VMSpec(f"vm-{i}") for i in range(40)])
+    vcenter = cluster.vcenter(simulator)
+    names = [f"audit-{i:02}" for i in range(20)]
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [policy_manifest(n, vcenter, mode="Audit") for n in names],
+        }
+    )
+    with StatusWitness(cluster, vcenter) as witness:
+        operator = run_process()
+        for name in names:
+            cluster.wait_for(name, lambda p: settled(p) and summary(p).get("nonCompliant") == 40, timeout=90)
+        time.sleep(5)  # a second write would follow within the engine's next turns (a 1 s pulse)
+        writes = operator.metric("vtpm_operator_status_writes_total", outcome="success")
+    assert {n: witness.counts[n] for n in names} == dict.fromkeys(names, 1)
+    assert writes == sum(witness.counts.values()), (writes, witness.counts)

@@ -34,13 +34,26 @@ def test_an_older_state_shown_again_after_a_newer_echo_is_foreign() -> None:
     assert echoes.replaced_by_another(PENDING) is True
 
 
+def test_a_state_stored_before_the_first_echo_is_not_foreign() -> None:
+    """The startup listing (read before the first write) reaches the engine after that write:
+    the write replaces it on the server, so it asks for no second write."""
+    echoes = Echoes()
+    echoes.wrote(READY)
+    assert echoes.replaced_by_another([]) is False
+    assert echoes.replaced_by_another(STALLED) is False
+    assert echoes.replaced_by_another(READY) is False
+    assert echoes.replaced_by_another(STALLED) is True  # stored after ours
+
+
 def test_after_a_heal_the_late_echoes_of_earlier_writes_cause_no_more() -> None:
     echoes = Echoes()
     echoes.wrote(PENDING)
     echoes.wrote(READY)
+    assert echoes.replaced_by_another(PENDING) is False
     assert echoes.replaced_by_another(STALLED) is True  # a heal: the next write goes out
-    assert echoes.replaced_by_another(PENDING) is False  # in flight before the heal
+    assert echoes.replaced_by_another(READY) is False  # in flight before the heal
     echoes.wrote(READY)
+    assert echoes.replaced_by_another(STALLED) is False  # stored before the heal's write
     assert echoes.replaced_by_another(READY) is False
 
 
