@@ -107,17 +107,42 @@ func (h *interceptor) serveSOAP(w http.ResponseWriter, r *http.Request) {
 
 // delegate passes the (already read) request to the simulator.
 func (h *interceptor) delegate(w http.ResponseWriter, r *http.Request, body []byte) {
-	r.Body = ioutil.NopCloser(bytes.NewReader(body))
-	r.ContentLength = int64(len(body))
-	h.next.ServeHTTP(w, r)
+	rec := h.delegateRecorded(r, body)
+	forward(w, rec, rec.Body.Bytes())
 }
 
-// delegateRecorded runs the simulator's handler and returns its response for inspection
-// or patching; the caller must forward it with forward().
+// delegateRecorded runs the simulator's handler and returns its response (written as vCenter
+// writes it, see compactXSI) for inspection or patching; the caller must forward it with forward().
 func (h *interceptor) delegateRecorded(r *http.Request, body []byte) *httptest.ResponseRecorder {
 	rec := httptest.NewRecorder()
-	h.delegate(rec, r, body)
+	r.Body = ioutil.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+	h.next.ServeHTTP(rec, r)
+	rec.Body = bytes.NewBuffer(compactXSI(rec.Body.Bytes()))
 	return rec
+}
+
+var (
+	envelopeXSI    = []byte(`xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"`)
+	repeatedXSI    = []byte(` xmlns:XMLSchema-instance="http://www.w3.org/2001/XMLSchema-instance"`)
+	repeatedXSIUse = []byte(` XMLSchema-instance:type="`)
+	xsiUse         = []byte(` xsi:type="`)
+)
+
+// compactXSI writes a SOAP answer's types as vCenter does: vCenter declares the xsi prefix once,
+// on the envelope, and writes xsi:type="..."; govmomi's encoder declares the namespace again on
+// every typed element. That made a fill page of 1000 VMs 2.3 MB instead of about 1.4 MB, and
+// slower to write and to read than vCenter's. Only attributes change: the patterns hold a quote,
+// which element text never does (the encoder escapes it), so no value is touched.
+func compactXSI(body []byte) []byte {
+	head := body
+	if len(head) > 1024 {
+		head = head[:1024]
+	}
+	if !bytes.Contains(head, envelopeXSI) || !bytes.Contains(body, repeatedXSI) {
+		return body
+	}
+	return bytes.ReplaceAll(bytes.ReplaceAll(body, repeatedXSI, nil), repeatedXSIUse, xsiUse)
 }
 
 func forward(w http.ResponseWriter, rec *httptest.ResponseRecorder, body []byte) {
@@ -335,7 +360,7 @@ func writeEnvelope(w http.ResponseWriter, status int, body interface{}) {
 	}
 	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 	w.WriteHeader(status)
-	_, _ = w.Write(out.Bytes())
+	_, _ = w.Write(compactXSI(out.Bytes()))
 }
 
 // writeResult answers method with val as its <methodResponse>.

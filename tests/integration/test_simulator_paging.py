@@ -12,6 +12,7 @@ import pytest
 from pyVmomi import vim, vmodl
 
 from testbed.vcsim import Simulator, connect, disconnect, retrieve_all, retrieve_one, wait_task
+from vtpm_operator.vsphere import lean
 
 PC = vmodl.query.PropertyCollector
 
@@ -320,3 +321,28 @@ def test_session_expiry_ends_a_wait_in_progress_with_not_authenticated(simulator
     waiter.join(10)
     assert len(outcome) == 1 and isinstance(outcome[0], vim.fault.NotAuthenticated)
     assert time.monotonic() - started < 2
+
+
+def test_answers_write_xsi_types_as_vcenter_does(si: Any) -> None:
+    """vCenter declares the xsi prefix once, on the envelope, and writes xsi:type on each value;
+    govmomi's encoder declared the namespace again on every value, which made a 10k-VM fill 1.7
+    times larger to send and to read. The answer stays one pyVmomi decodes."""
+    view, spec = _view_spec(si, ["name", "runtime.host", "config.template", "customValue"])
+    collector = si.RetrieveContent().propertyCollector
+    info = type(collector)._GetMethodInfo("RetrievePropertiesEx")
+    request = si._stub.SerializeRequest(collector, info, ([spec], PC.RetrieveOptions(maxObjects=5)))
+    status, body = lean._post(si._stub, request)
+    assert status == 200
+    envelope = body[: body.index(b"<soapenv:Body>")]
+    assert b'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"' in envelope
+    assert body.count(b' xsi:type="') >= 5 * 3, body[:2000]  # each VM's name, host and template at least
+    assert b"XMLSchema-instance:" not in body and body.count(b"XMLSchema-instance") == 1
+    result = collector.RetrievePropertiesEx([spec], PC.RetrieveOptions(maxObjects=5))
+    assert {p.name for o in result.objects for p in o.propSet} >= {"name", "runtime.host", "config.template"}
+    assert all(
+        isinstance(p.val, vim.HostSystem)
+        for o in result.objects
+        for p in o.propSet
+        if p.name == "runtime.host"
+    )
+    view.DestroyView()
