@@ -19,7 +19,7 @@ from vtpm_operator.problems import PolicyProblem, ProblemReason
 from vtpm_operator.vsphere import inventory
 from vtpm_operator.vsphere.changes import ChangeOps
 from vtpm_operator.vsphere.client import VSphereClient
-from vtpm_operator.vsphere.live import LiveInventory
+from vtpm_operator.vsphere.live import Delta, LiveInventory
 from vtpm_operator.vsphere.session import VCenterSession
 from vtpm_operator.vsphere.tags import TagMap
 
@@ -79,6 +79,32 @@ def test_the_fill_pages_through_a_fleet_larger_than_one_page(simulator: Simulato
     assert len(expected) > 7
     assert set(live.vms) == expected
     assert paged_simulator.admin.call_counts()["WaitForUpdatesEx"] >= 3  # 20 VMs + hosts in pages of 7
+
+
+@pytest.mark.parametrize("simulator", [{"vms": 20}], indirect=True)
+def test_each_fill_page_is_converted_while_the_next_is_asked_for(simulator: Simulator) -> None:
+    """The next page is asked for as soon as a page's version is read from its first bytes: were
+    the simulator's answer (written as vCenter writes it) not recognised, the fill would go on one
+    page after another, right but slower."""
+    session = session_for(simulator)
+    live = live_for(session, page_objects=7)
+    asked_ahead: list[bool] = []
+    take_in = live._take_in
+
+    def watched(page: bytes, delta: Delta) -> bool:
+        asked_ahead.append(live._ahead is not None)
+        return take_in(page, delta)
+
+    live._take_in = watched  # type: ignore[method-assign]
+    try:
+        assert live.poll(1).filled
+    finally:
+        live.close()
+        session.close()
+    assert len(live.vms) == 20
+    # Every fill page was converted with the next call under way; the last one's follower is a
+    # delta with no wait, taken in by the same poll, and is itself converted with none ahead.
+    assert len(asked_ahead) >= 4 and all(asked_ahead[:-1]) and not asked_ahead[-1], asked_ahead
 
 
 @pytest.mark.parametrize("simulator", [{"vms": 4}], indirect=True)
@@ -211,19 +237,21 @@ def test_fleet_privileges_name_what_is_missing_on_each_vm_and_on_its_folder(simu
         wait_task(si, folder.MoveIntoFolder_Task([vm]))
     finally:
         disconnect(si)
-    lacking = {"Cryptographer.Encrypt", "Cryptographer.EncryptNew"}
-    simulator.admin.create_role("NoEncrypt", sorted(set(simulator.admin.privileges()) - lacking))
-    simulator.admin.set_permission(folder._moId, simulator.username, "NoEncrypt", propagate=True)
     session = session_for(simulator)
     live = live_for(session)
     try:
         live.poll(0)
         folder_of = {vm_id: live.vms[vm_id].folder_id for vm_id in fleet.ids.values()}
+        everything = inventory.fleet_privileges(session, folder_of)  # an answer that refuses nothing
+        lacking = {"Cryptographer.Encrypt", "Cryptographer.EncryptNew"}
+        simulator.admin.create_role("NoEncrypt", sorted(set(simulator.admin.privileges()) - lacking))
+        simulator.admin.set_permission(folder._moId, simulator.username, "NoEncrypt", propagate=True)
         missing = inventory.fleet_privileges(session, folder_of)
     finally:
         live.close()
         session.close()
     assert folder_of[fleet.ids["restricted"]] == folder._moId
+    assert everything == dict.fromkeys(fleet.ids.values(), frozenset())
     assert missing == {fleet.ids["restricted"]: frozenset(lacking), fleet.ids["free"]: frozenset()}
 
 

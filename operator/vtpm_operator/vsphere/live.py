@@ -2,6 +2,9 @@
 
 The filter's first WaitForUpdatesEx is the fill, paged with maxObjectUpdates and `truncated`;
 every later call brings only what changed. There is one full read, not a read and then a watch.
+During the fill the next page is asked for as soon as a page's version is known, so that vCenter
+makes it while this one is converted: a 10k-VM fill took 1.66 s rather than 2.32 s (medians
+of six, interleaved, on the project's simulator).
 The same private collector also watches the tasks of changes in flight, so one WaitForUpdatesEx
 serves the inventory and every change. What is kept is compact facts, never pyVmomi objects:
 each page is read as XML (vsphere/lean.py: pyVmomi's decoding of 10k VMs costs seconds), converted
@@ -12,7 +15,9 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 from xml.etree.ElementTree import Element
@@ -31,6 +36,10 @@ PAGE_OBJECTS = 1000
 _OBJECT_UPDATE = lean.VIM + "objectSet"
 VM_PATHS = (*VM_FACT_PATHS, "summary.config.tpmPresent")
 HOST_PATHS = ("name", "config.product.version", "parent")
+# The UpdateSet's version is its first field, so it opens the answer. Read from the raw bytes, as
+# vCenter and the simulator write it; written otherwise, no page is asked for ahead.
+_UPDATE_VERSION = re.compile(rb"<returnval><version>([^<&]*)</version>")
+_VERSION_WITHIN = 2048  # bytes of the answer it is looked for in
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,8 @@ class LiveInventory:
         self._seen_in_fill: set[str] = set()
         self._generation = 0
         self._wanted_tasks: set[str] = set()
+        self._ahead: Future[bytes] | None = None  # the fill's next page, asked for ahead
+        self._asker: ThreadPoolExecutor | None = None
 
     @property
     def whole(self) -> bool:
@@ -165,10 +176,15 @@ class LiveInventory:
         """Forget the collector without a call: the connection is gone, and so is the collector."""
         self._collector = None
         self._task_filters.clear()
+        self._ahead = None  # its answer, if any, belongs to that collector
 
     def close(self) -> None:
         collector, self._collector = self._collector, None
         self._task_filters.clear()
+        self._ahead = None
+        if self._asker is not None:
+            self._asker.shutdown(wait=False)
+            self._asker = None
         if collector is None:
             return
         try:
@@ -183,32 +199,55 @@ class LiveInventory:
     def poll(self, max_wait: int) -> Delta:
         """One WaitForUpdatesEx (more while a fill is truncated); what changed."""
         delta = Delta()
+        ask_ahead = self._filling  # until the fill's last page: what follows it is no page of it
         while True:
             if self._collector is None or self._generation != self.session.generation:
                 self.restart()  # a renewed session has none of the old session's collectors
-            wait = 0 if self._filling else max_wait
-            options = vmodl.query.PropertyCollector.WaitOptions(
-                maxWaitSeconds=wait, maxObjectUpdates=self.page_objects
-            )
+                ask_ahead = True
             try:
-                page = self._wait(options)
+                page = self._next_page(max_wait)
             except (SessionRenewed, vmodl.fault.ManagedObjectNotFound):  # the collector died with its session
                 self.abandon()  # the next turn makes it anew
                 continue
+            if ask_ahead:
+                self._ask_ahead(page)
             if not self._take_in(page, delta):
-                break
+                ask_ahead = False
+                if self._ahead is None:
+                    break
         if self._filling:
             self._finish_fill(delta)
         return delta
 
-    def _wait(self, options: Any) -> bytes:
-        """One page of the UpdateSet, as XML (no returnval when nothing changed within the wait)."""
-        collector, version = self._collector, self._version
-        return self.session.soap(
+    def _next_page(self, max_wait: int) -> bytes:
+        """The answer asked for ahead, else a WaitForUpdatesEx made now (at once while filling)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            return ahead.result()
+        return self._wait(self._version, 0 if self._filling else max_wait)()
+
+    def _ask_ahead(self, page: bytes) -> None:
+        """Ask for what follows this fill page while it is converted. Should the page turn out to
+        be the last, the answer asked for is a quick delta (no wait), taken in all the same."""
+        found = _UPDATE_VERSION.search(page, 0, _VERSION_WITHIN)
+        if found is None:
+            return
+        if self._asker is None:
+            self._asker = ThreadPoolExecutor(1, thread_name_prefix="fill-ahead")
+        self._ahead = self._asker.submit(self._wait(found.group(1).decode(), 0))
+
+    def _wait(self, version: str, max_wait: int) -> Callable[[], bytes]:
+        """A call for one page of the UpdateSet, as XML (no returnval when nothing changed within
+        the wait), on the collector of now: made later in another thread, it never meets a newer one."""
+        collector, generation = self._collector, self._generation
+        options = vmodl.query.PropertyCollector.WaitOptions(
+            maxWaitSeconds=max_wait, maxObjectUpdates=self.page_objects
+        )
+        return lambda: self.session.soap(
             "WaitForUpdatesEx",
             lambda content: lean.invoke(collector, "WaitForUpdatesEx", version, options),
             idempotent=False,
-            bound_to=self._generation,
+            bound_to=generation,
         )
 
     def _finish_fill(self, delta: Delta) -> None:
