@@ -18,6 +18,7 @@ from vtpm_operator.vsphere.session import VCenterSession
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
+_GRANTED = b"<isGranted>true</isGranted>"
 # What every judgement of a VM reads. The live inventory adds summary.config.tpmPresent (cheap);
 # a VM about to change, or just changed, is read with its device list and tasks (the proof).
 VM_FACT_PATHS = (
@@ -219,6 +220,11 @@ def missing_privileges(
             content.sessionManager.currentSession.key,
             wanted,
         )
+        if answer.count(_GRANTED) == len(required) * len(wanted):
+            # Every privilege asked granted on every entity (one availability each), as in most
+            # fleets: reading the answer element by element took 0.4 s at 10k VMs, only to find
+            # each granted. Written otherwise, the count falls short and the answer is read.
+            return {moid: frozenset() for _, moid in required}
         granted = {
             lean.text(entity, "entity"): {
                 lean.text(a, "privId")
