@@ -35,6 +35,7 @@ MAX_EVENT_MESSAGE = 1000
 # Status writes in flight at once. Each is a round trip the API server spends most of (about 60 ms
 # here): 20 policies' first statuses took 1.3 s one after another (hack/bench.py).
 WRITERS = 4
+REQUEST_TIMEOUT = 10.0  # seconds: a write the API server leaves unanswered fails, to be tried again
 
 _Key = tuple[str, str]  # (namespace or "" for a VCenter, name)
 
@@ -67,7 +68,8 @@ class KubePublisher:
             self._stopping = True
             self._lock.notify_all()
         self._thread.join(timeout=flush_seconds)
-        self._writers.shutdown(wait=False)
+        if not self._thread.is_alive():  # else it may still hand the pool a round
+            self._writers.shutdown(wait=False)
 
     # --- engine.Publisher --------------------------------------------------------------------
     def policy_status(self, namespace: str, name: str, document: Mapping[str, Any]) -> None:
@@ -111,14 +113,11 @@ class KubePublisher:
             with self._lock:
                 if self._stopping and not self._pending and not self._events and not self._records:
                     return
-                now = time.monotonic()
-                if not (
-                    self._records or self._events or any(self._due.get(k, 0.0) <= now for k in self._pending)
-                ):
+                due = self._due_now()
+                if not (self._records or self._events or due):
                     self._lock.wait(timeout=0.2)
-                    now = time.monotonic()
+                    due = self._due_now()
                 records, self._records = self._records, {}
-                due = {k: d for k, d in self._pending.items() if self._due.get(k, 0.0) <= now}
                 for key in due:
                     del self._pending[key]
                 events = list(self._events)
@@ -130,10 +129,15 @@ class KubePublisher:
                     for key, document in due.items():
                         self._pending.setdefault(key, document)
                 continue
-            for _ in self._writers.map(lambda item: self._write(*item), due.items()):
+            for _ in self._writers.map(self._write, due, due.values()):
                 pass  # each write counts and retries itself
             for event in events:
                 self._post(*event)
+
+    def _due_now(self) -> dict[_Key, Mapping[str, Any]]:
+        """The pending documents whose object may be written now (under the lock)."""
+        now = time.monotonic()
+        return {k: d for k, d in self._pending.items() if self._due.get(k, 0.0) <= now}
 
     def _write_records(self, records: dict[str, tuple[int, Mapping[str, Any]]]) -> bool:
         """Write each record; False when any failed (those are kept, to be tried again). One
@@ -165,11 +169,17 @@ class KubePublisher:
         try:
             if namespace:
                 self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, POLICIES, name, {"status": document}
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    POLICIES,
+                    name,
+                    {"status": document},
+                    _request_timeout=REQUEST_TIMEOUT,
                 )
             else:
                 self.custom.patch_cluster_custom_object_status(
-                    GROUP, VERSION, VCENTERS, name, {"status": document}
+                    GROUP, VERSION, VCENTERS, name, {"status": document}, _request_timeout=REQUEST_TIMEOUT
                 )
         except ApiException as error:
             if error.status == 404:  # deleted meanwhile: nothing to report on
@@ -180,15 +190,15 @@ class KubePublisher:
             self._retry_later(key, document, 0, str(error))
             return
         metrics.count_status_write("success")
-        self._failures.pop(key, None)
         with self._lock:
+            self._failures.pop(key, None)
             self._due[key] = time.monotonic() + self.interval
 
     def _retry_later(self, key: _Key, document: Mapping[str, Any], status: int, reason: Any) -> None:
         metrics.count_status_write("error")
-        failures = self._failures[key] = self._failures.get(key, 0) + 1
         log.warning("status of %s not written (%s %s); retrying", "/".join(key), status, reason)
         with self._lock:
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
             self._pending.setdefault(key, document)  # a newer document may have come meanwhile
             self._due[key] = time.monotonic() + min(30.0, self.interval * 2**failures)
 
@@ -208,6 +218,6 @@ class KubePublisher:
             count=1,
         )
         try:
-            self.core.create_namespaced_event(namespace, event)
+            self.core.create_namespaced_event(namespace, event, _request_timeout=REQUEST_TIMEOUT)
         except Exception as error:  # an event is worth less than the status: never retried
             log.warning("event %s for %s/%s not posted: %s", notice.reason, namespace, name, error)
