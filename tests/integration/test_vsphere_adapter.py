@@ -107,6 +107,43 @@ def test_each_fill_page_is_converted_while_the_next_is_asked_for(simulator: Simu
     assert len(asked_ahead) >= 4 and all(asked_ahead[:-1]) and not asked_ahead[-1], asked_ahead
 
 
+@pytest.mark.parametrize("simulator", [{"vms": 20}], indirect=True)
+def test_a_session_that_expires_between_fill_pages_costs_one_login_and_one_refill(
+    simulator: Simulator,
+) -> None:
+    """The page asked ahead meets the expiry (or the one after it does): the inventory renews the
+    session once, fills again on a fresh collector, and holds every VM, none taken for gone."""
+    session = session_for(simulator)
+    live = live_for(session, page_objects=7)
+    take_in = live._take_in
+    pages = 0
+
+    def expiring_after_the_first(page: bytes, delta: Delta) -> bool:
+        nonlocal pages
+        pages += 1
+        if pages == 1:
+            simulator.admin.expire_sessions()
+        return take_in(page, delta)
+
+    live._take_in = expiring_after_the_first  # type: ignore[method-assign]
+    try:
+        simulator.admin.reset_call_counts()
+        delta = live.poll(1)
+    finally:
+        live.close()
+        session.close()
+    views = simulator.admin.call_counts()["CreateContainerView"]  # before this test's own, below
+    si = connect(simulator)
+    try:
+        view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
+        expected = {vm._moId for vm in view.view}
+    finally:
+        disconnect(si)
+    assert delta.filled and set(live.vms) == expected and len(expected) == 20
+    assert session.logins == 2
+    assert views == 2  # the first fill, and one more
+
+
 @pytest.mark.parametrize("simulator", [{"vms": 4}], indirect=True)
 def test_after_the_fill_only_changes_arrive(simulator: Simulator) -> None:
     fleet = build_fleet(simulator, [VMSpec("a", vtpm=True), VMSpec("b", powered_on=True)])

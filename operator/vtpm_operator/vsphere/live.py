@@ -16,8 +16,9 @@ from __future__ import annotations
 import http.client
 import logging
 import re
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 from xml.etree.ElementTree import Element
@@ -133,7 +134,6 @@ class LiveInventory:
         self._generation = 0
         self._wanted_tasks: set[str] = set()
         self._ahead: Future[bytes] | None = None  # the fill's next page, asked for ahead
-        self._asker: ThreadPoolExecutor | None = None
 
     @property
     def whole(self) -> bool:
@@ -182,9 +182,6 @@ class LiveInventory:
         collector, self._collector = self._collector, None
         self._task_filters.clear()
         self._ahead = None
-        if self._asker is not None:
-            self._asker.shutdown(wait=False)
-            self._asker = None
         if collector is None:
             return
         try:
@@ -197,8 +194,20 @@ class LiveInventory:
             log.debug("could not destroy the inventory collector", exc_info=True)
 
     def poll(self, max_wait: int) -> Delta:
-        """One WaitForUpdatesEx (more while a fill is truncated); what changed."""
+        """One WaitForUpdatesEx, more while a fill is truncated (and, after a fill's last page, the
+        delta asked for ahead of it); what changed."""
+        self.marker_key()  # a call of its own the first time: made now, never beside a page asked ahead
         delta = Delta()
+        try:
+            self._take_pages(max_wait, delta)
+        except BaseException:
+            self._ahead = None  # asked with a version this inventory never reached: never taken in
+            raise
+        if self._filling:
+            self._finish_fill(delta)
+        return delta
+
+    def _take_pages(self, max_wait: int, delta: Delta) -> None:
         ask_ahead = self._filling  # until the fill's last page: what follows it is no page of it
         while True:
             if self._collector is None or self._generation != self.session.generation:
@@ -214,17 +223,14 @@ class LiveInventory:
             if not self._take_in(page, delta):
                 ask_ahead = False
                 if self._ahead is None:
-                    break
-        if self._filling:
-            self._finish_fill(delta)
-        return delta
+                    return
 
     def _next_page(self, max_wait: int) -> bytes:
         """The answer asked for ahead, else a WaitForUpdatesEx made now (at once while filling)."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
             return ahead.result()
-        return self._wait(self._version, 0 if self._filling else max_wait)()
+        return self._page_call(self._version, 0 if self._filling else max_wait)()
 
     def _ask_ahead(self, page: bytes) -> None:
         """Ask for what follows this fill page while it is converted. Should the page turn out to
@@ -232,11 +238,9 @@ class LiveInventory:
         found = _UPDATE_VERSION.search(page, 0, _VERSION_WITHIN)
         if found is None:
             return
-        if self._asker is None:
-            self._asker = ThreadPoolExecutor(1, thread_name_prefix="fill-ahead")
-        self._ahead = self._asker.submit(self._wait(found.group(1).decode(), 0))
+        self._ahead = _in_background(self._page_call(found.group(1).decode(), 0))
 
-    def _wait(self, version: str, max_wait: int) -> Callable[[], bytes]:
+    def _page_call(self, version: str, max_wait: int) -> Callable[[], bytes]:
         """A call for one page of the UpdateSet, as XML (no returnval when nothing changed within
         the wait), on the collector of now: made later in another thread, it never meets a newer one."""
         collector, generation = self._collector, self._generation
@@ -376,6 +380,21 @@ class LiveInventory:
         else:
             self.tasks[task_id] = TaskResult(state, *lean.describe_fault(error))
         delta.tasks.add(task_id)
+
+
+def _in_background(call: Callable[[], bytes]) -> Future[bytes]:
+    """call() in a daemon thread of its own: a page asked ahead that vCenter leaves unanswered
+    must not hold up the process's exit, as a pool's thread would."""
+    future: Future[bytes] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as error:  # handed to whoever takes the page
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="fill-ahead", daemon=True).start()
+    return future
 
 
 def _changes(object_update: Element) -> dict[str, Element | None]:
