@@ -45,13 +45,24 @@ def test_a_state_stored_before_the_first_echo_is_not_foreign() -> None:
     assert echoes.replaced_by_another(STALLED) is True  # stored after ours
 
 
+def test_a_state_stored_between_two_writes_is_replaced_by_the_later_one() -> None:
+    echoes = Echoes()
+    echoes.wrote(PENDING)
+    echoes.wrote(READY)
+    assert echoes.replaced_by_another(PENDING) is False
+    assert echoes.replaced_by_another(STALLED) is False  # READY, on its way, is stored after it
+    assert echoes.replaced_by_another(READY) is False
+    assert echoes.replaced_by_another(STALLED) is True  # now stored after our newest
+
+
 def test_after_a_heal_the_late_echoes_of_earlier_writes_cause_no_more() -> None:
     echoes = Echoes()
     echoes.wrote(PENDING)
     echoes.wrote(READY)
     assert echoes.replaced_by_another(PENDING) is False
+    assert echoes.replaced_by_another(READY) is False
     assert echoes.replaced_by_another(STALLED) is True  # a heal: the next write goes out
-    assert echoes.replaced_by_another(READY) is False  # in flight before the heal
+    assert echoes.replaced_by_another(READY) is False  # a late echo, or the lagging writer again
     echoes.wrote(READY)
     assert echoes.replaced_by_another(STALLED) is False  # stored before the heal's write
     assert echoes.replaced_by_another(READY) is False

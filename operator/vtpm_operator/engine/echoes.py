@@ -12,19 +12,21 @@ KEPT = 4  # writes whose echo may still be on its way (the publisher writes an o
 class Echoes:
     """The conditions of one object's recent status writes, in the order they were written.
 
-    The API server sends the object's events in the order it stored them, our writes among them.
-    So an event before the echo of our first write predates that write, and the write replaces it:
-    it says nothing of another writer (the startup listing, read before the write, arrives so).
-    After an echo, an event is ours when it matches a write no older than the last one matched;
-    anything else was stored after ours by someone else.
+    The API server sends an object's events in the order it stored them, ours among them, and
+    Kopf hands on every event, one by one, in that order. So an event that comes while our newest
+    write has not been echoed was stored before that write, which replaces it: it asks for nothing
+    (the startup listing, read before the first write, arrives so). Once the newest write has been
+    echoed, an event that matches none of the writes still on their way was stored after ours by
+    someone else. An event is ours when it matches a write no older than the last one matched.
     """
 
     def __init__(self) -> None:
         self._sent: deque[Any] = deque(maxlen=KEPT)
-        self._echoed = False  # an echo of one of them has come back
+        self._newest_echoed = False
 
     def wrote(self, conditions: Any) -> None:
         self._sent.append(conditions)
+        self._newest_echoed = False
 
     def replaced_by_another(self, conditions: Any) -> bool:
         """Take in an event; True when another writer made it (then the next write is a heal)."""
@@ -33,12 +35,11 @@ class Echoes:
         try:
             index = self._sent.index(conditions)
         except ValueError:
-            if not self._echoed:
-                return False  # stored before our first write, which replaces it
+            if not self._newest_echoed:
+                return False  # stored before our newest write, which replaces it
             self._sent.clear()
-            self._echoed = False
             return True
         for _ in range(index):  # those writes were overtaken: their echoes are behind us
             self._sent.popleft()
-        self._echoed = True
+        self._newest_echoed = len(self._sent) == 1
         return False
