@@ -118,20 +118,35 @@ class Kube:
         that made it so. A watch, not a list every few ms: listing 20 statuses of 100 VM rows each
         20 times a second kept the API server busy on the cores the operator was measured on."""
         deadline = time.monotonic() + timeout
-        listed: Any = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "vtpmpolicies"
-        )
-        policies = {item["metadata"]["name"]: item for item in listed["items"]}
-        version = listed["metadata"]["resourceVersion"]
-        while not done(policies):
-            left = deadline - time.monotonic()
-            if left <= 0:
+        while True:
+            listed: Any = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, "vtpmpolicies"
+            )
+            policies = {item["metadata"]["name"]: item for item in listed["items"]}
+            if done(policies):
+                return time.monotonic()
+            if self._follow(policies, listed["metadata"]["resourceVersion"], done, deadline):
+                return time.monotonic()
+            if time.monotonic() >= deadline:
                 raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def _follow(
+        self,
+        policies: dict[str, dict[str, Any]],
+        version: str,
+        done: Callable[[Mapping[str, dict[str, Any]]], bool],
+        deadline: float,
+    ) -> bool:
+        """Apply the watch's events to `policies` until done (True), the deadline, or an expired
+        version (False: list again)."""
+        while time.monotonic() < deadline:
             stream = watch.Watch().stream(
                 self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, "vtpmpolicies",
-                resource_version=version, timeout_seconds=max(1, int(left)),
+                resource_version=version, timeout_seconds=max(1, int(deadline - time.monotonic())),
             )  # fmt: skip
             for event in stream:
+                if event["type"] == "ERROR":  # 410 Gone: the version is too old to watch from
+                    return False
                 body = event["object"]
                 version = body["metadata"]["resourceVersion"]
                 if event["type"] == "DELETED":
@@ -139,8 +154,8 @@ class Kube:
                 else:
                     policies[body["metadata"]["name"]] = body
                 if done(policies):
-                    return time.monotonic()
-        return time.monotonic()
+                    return True
+        return False
 
 
 def summary(policy: Mapping[str, Any]) -> dict[str, Any]:

@@ -116,7 +116,7 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		// Serving a fleet's pages spent about half the simulator's CPU in the garbage collector
 		// at the default of 100: a 10k-VM watch fill took 1.28 s, 0.83 s at 400, peak RSS 357 and
-		// 341 MB (bench_watch.py, one run each). Set once the inventory is built, which is as before.
+		// 341 MB (bench_watch.py, one run each). Set once the inventory is built: that is made at the default.
 		debug.SetGCPercent(400)
 	}
 	line, _ := json.Marshal(map[string]string{

@@ -325,9 +325,16 @@ def test_session_expiry_ends_a_wait_in_progress_with_not_authenticated(simulator
 
 def test_answers_write_xsi_types_as_vcenter_does(si: Any) -> None:
     """vCenter declares the xsi prefix once, on the envelope, and writes xsi:type on each value;
-    govmomi's encoder declared the namespace again on every value, which made a 10k-VM fill 1.7
-    times larger to send and to read. The answer stays one pyVmomi decodes."""
+    govmomi's encoder declared the namespace again on every value, which made a fill page of 1000
+    VMs 2.3 MB instead of 1.3 MB. The answer stays one pyVmomi decodes."""
     view, spec = _view_spec(si, ["name", "runtime.host", "config.template", "customValue"])
+    try:
+        _check_xsi_form(si, spec)
+    finally:
+        view.DestroyView()
+
+
+def _check_xsi_form(si: Any, spec: Any) -> None:
     collector = si.RetrieveContent().propertyCollector
     info = type(collector)._GetMethodInfo("RetrievePropertiesEx")
     request = si._stub.SerializeRequest(collector, info, ([spec], PC.RetrieveOptions(maxObjects=5)))
@@ -345,4 +352,3 @@ def test_answers_write_xsi_types_as_vcenter_does(si: Any) -> None:
         for p in o.propSet
         if p.name == "runtime.host"
     )
-    view.DestroyView()
