@@ -45,6 +45,17 @@ def test_a_state_stored_before_the_first_echo_is_not_foreign() -> None:
     assert echoes.replaced_by_another(STALLED) is True  # stored after ours
 
 
+def test_a_foreign_state_after_a_refresh_of_the_same_conditions_is_foreign() -> None:
+    """A refresh writes the same conditions again: its echo is the newest write's."""
+    echoes = Echoes()
+    echoes.wrote(READY)
+    assert echoes.replaced_by_another(READY) is False
+    echoes.wrote(READY)
+    assert echoes.replaced_by_another(STALLED) is False  # stored before the refresh
+    assert echoes.replaced_by_another(READY) is False
+    assert echoes.replaced_by_another(STALLED) is True
+
+
 def test_a_state_stored_between_two_writes_is_replaced_by_the_later_one() -> None:
     echoes = Echoes()
     echoes.wrote(PENDING)

@@ -25,7 +25,8 @@ class Echoes:
         self._newest_echoed = False
 
     def wrote(self, conditions: Any) -> None:
-        self._sent.append(conditions)
+        if not self._sent or self._sent[-1] != conditions:  # a refresh: its echo looks like the last
+            self._sent.append(conditions)
         self._newest_echoed = False
 
     def replaced_by_another(self, conditions: Any) -> bool:
