@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import ctypes
 import os
+import random
 import secrets
 import signal
 import socket
@@ -80,10 +81,25 @@ def kube_binaries() -> Path:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free right now, below the kernel's ephemeral range: a port
+    the kernel hands out itself may go to any outgoing connection before the server binds it (in
+    CI an operator's liveness port was taken so, and Kopf stopped at start)."""
+    for _ in range(1000):
+        port = random.randrange(20000, _ephemeral_low())  # above the fixed ports of Kubernetes (10250, ...)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ControlPlaneError("no free port below the ephemeral range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def _env_port(name: str) -> int | None:
