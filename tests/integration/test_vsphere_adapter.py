@@ -10,7 +10,7 @@ import pytest
 from pyVmomi import vim
 
 from testbed.fleet import CATEGORY, EXEMPT_TAG, REQUIRED_TAG, VMSpec, build_fleet
-from testbed.vcsim import Simulator, connect, disconnect, wait_task
+from testbed.vcsim import Simulator, connect, disconnect, retrieve_all, wait_task
 from vtpm_operator.api import parse_policy
 from vtpm_operator.connection import Credentials, Endpoint
 from vtpm_operator.facts import KEY_NOT_READ, PowerState
@@ -45,6 +45,15 @@ def client_for(sim: Simulator, *, password: str | None = None, ca_pem: str | Non
     return VSphereClient(session_for(sim, password=password, ca_pem=ca_pem))
 
 
+def all_vm_ids(sim: Simulator) -> set[str]:
+    """Every VM the simulator holds, read on a session of the test's own."""
+    si = connect(sim)
+    try:
+        return set(retrieve_all(si, vim.VirtualMachine, ["name"]))
+    finally:
+        disconnect(si)
+
+
 def live_for(session: VCenterSession, page_objects: int = 1000) -> LiveInventory:
     return LiveInventory(session, ChangeOps(session).marker_key, page_objects)
 
@@ -70,12 +79,7 @@ def test_the_fill_pages_through_a_fleet_larger_than_one_page(simulator: Simulato
         live.close()
         session.close()
     assert delta.filled
-    si = connect(paged_simulator)
-    try:
-        view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
-        expected = {vm._moId for vm in view.view}
-    finally:
-        disconnect(si)
+    expected = all_vm_ids(paged_simulator)
     assert len(expected) > 7
     assert set(live.vms) == expected
     assert paged_simulator.admin.call_counts()["WaitForUpdatesEx"] >= 3  # 20 VMs + hosts in pages of 7
@@ -133,12 +137,7 @@ def test_a_session_that_expires_between_fill_pages_costs_one_login_and_one_refil
         live.close()
         session.close()
     views = simulator.admin.call_counts()["CreateContainerView"]  # before this test's own, below
-    si = connect(simulator)
-    try:
-        view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
-        expected = {vm._moId for vm in view.view}
-    finally:
-        disconnect(si)
+    expected = all_vm_ids(simulator)
     assert delta.filled and set(live.vms) == expected and len(expected) == 20
     assert session.logins == 2
     assert views == 2  # the first fill, and one more
