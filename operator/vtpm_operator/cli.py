@@ -6,6 +6,7 @@ import argparse
 import csv
 import importlib.metadata
 import json
+import logging
 import os
 import sys
 import threading
@@ -28,6 +29,8 @@ from vtpm_operator.problems import PolicyProblem
 from vtpm_operator.vsphere.client import VSphereClient
 from vtpm_operator.vsphere.faults import describe
 from vtpm_operator.vsphere.session import VCenterSession
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,11 +98,9 @@ def _duration(text: str) -> float:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import kopf
-
-    import vtpm_operator.kube.handlers  # noqa: F401  (registers the handlers)
     from vtpm_operator import metrics
     from vtpm_operator.engine.engine import EngineSettings
+    from vtpm_operator.kube import runtime
 
     logs.configure(args.log_format, verbose=args.verbose)  # Kopf's lines and ours, in one format
     metrics.set_build_info(importlib.metadata.version("vtpm-operator"))
@@ -111,8 +112,19 @@ def _run(args: argparse.Namespace) -> int:
         retry_base=args.retry_base,
         retry_limit=args.retry_limit,
     )
+    try:  # before Kopf is imported: the engines read vCenter while it loads and starts
+        running = runtime.start(args.operator_namespace, args.namespace, settings)
+    except runtime.NOT_YET as error:
+        log.warning("cannot list VCenters and policies yet (%s); trying again once Kopf runs", error)
+        running = None
+
+    import kopf
+
+    import vtpm_operator.kube.handlers  # noqa: F401  (registers the handlers)
+
     kopf.run(
         memo=kopf.Memo(
+            runtime=running,
             operator_namespace=args.operator_namespace,
             namespaces=args.namespace,
             engine_settings=settings,

@@ -25,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from vtpm_operator import crashpoints, metrics
 from vtpm_operator.crashpoints import CrashPoint
 from vtpm_operator.events import Notice
+from vtpm_operator.kube.core import CoreApi, namespaced
 from vtpm_operator.kube.records import RecordStore
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class KubePublisher:
         self._latest: dict[str, int] = {}  # vCenter → the number of its record last handed over
         self._failing: set[str] = set()  # vCenters whose last record write failed
         self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
+        self.core = CoreApi(api)
         self.interval = interval
         self._lock = threading.Condition()
         self._pending: dict[_Key, Mapping[str, Any]] = {}
@@ -203,21 +204,27 @@ class KubePublisher:
             self._due[key] = time.monotonic() + min(30.0, self.interval * 2**failures)
 
     def _post(self, namespace: str, name: str, uid: str, notice: Notice) -> None:
-        now = datetime.now(UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(name=f"{name}.{uuid.uuid4().hex[:12]}", namespace=namespace),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind="VTPMPolicy", name=name, namespace=namespace, uid=uid
-            ),
-            reason=notice.reason,
-            message=notice.message[:MAX_EVENT_MESSAGE],
-            type=notice.type,
-            source=client.V1EventSource(component="vtpm-operator"),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "VTPMPolicy",
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
+            },
+            "reason": notice.reason,
+            "message": notice.message[:MAX_EVENT_MESSAGE],
+            "type": notice.type,
+            "source": {"component": "vtpm-operator"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
         try:
-            self.core.create_namespaced_event(namespace, event, _request_timeout=REQUEST_TIMEOUT)
+            self.core.create(namespaced(namespace, "events"), event, timeout=REQUEST_TIMEOUT)
         except Exception as error:  # an event is worth less than the status: never retried
             log.warning("event %s for %s/%s not posted: %s", notice.reason, namespace, name, error)

@@ -17,6 +17,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from vtpm_operator.kube.core import CoreApi, namespaced
+
 DATA_KEY = "record.json"
 
 
@@ -28,33 +30,36 @@ def record_name(vcenter: str) -> str:
 
 class RecordStore:
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.core = client.CoreV1Api(api)
+        self.core = CoreApi(api)
         self.namespace = namespace
 
     def load(self, vcenter: str) -> dict[str, Any]:
         """The record, {} when there is none yet. Raises ApiException when it cannot be read: acting
         without it could power-cycle a VM whose refusals it counts."""
         try:
-            config_map = self.core.read_namespaced_config_map(record_name(vcenter), self.namespace)
+            config_map = self.core.get(namespaced(self.namespace, "configmaps", record_name(vcenter)))
         except ApiException as error:
             if error.status == 404:
                 return {}
             raise
-        loaded: dict[str, Any] = json.loads((config_map.data or {}).get(DATA_KEY) or "{}")
+        loaded: dict[str, Any] = json.loads((config_map.get("data") or {}).get(DATA_KEY) or "{}")
         return loaded
 
     def save(self, vcenter: str, record: Mapping[str, Any]) -> None:
-        body = client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(
-                name=record_name(vcenter),
-                labels={"app.kubernetes.io/managed-by": "vtpm-operator"},
-                annotations={"vtpm-operator.io/vcenter": vcenter},
-            ),
-            data={DATA_KEY: json.dumps(record, sort_keys=True)},
-        )
+        name = record_name(vcenter)
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "labels": {"app.kubernetes.io/managed-by": "vtpm-operator"},
+                "annotations": {"vtpm-operator.io/vcenter": vcenter},
+            },
+            "data": {DATA_KEY: json.dumps(record, sort_keys=True)},
+        }
         try:
-            self.core.replace_namespaced_config_map(record_name(vcenter), self.namespace, body)
+            self.core.replace(namespaced(self.namespace, "configmaps", name), body)
         except ApiException as error:
             if error.status != 404:
                 raise
-            self.core.create_namespaced_config_map(self.namespace, body)
+            self.core.create(namespaced(self.namespace, "configmaps"), body)

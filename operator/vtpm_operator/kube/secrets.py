@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from vtpm_operator.connection import Credentials, Endpoint, VCenterConfig, decode_ca, decode_secret
+from vtpm_operator.kube.core import CoreApi, namespaced
 from vtpm_operator.problems import PolicyProblem, ProblemReason
 
 
 class SecretReader:
-    def __init__(self, core: client.CoreV1Api, namespace: str) -> None:
+    def __init__(self, core: CoreApi, namespace: str) -> None:
         self.core = core
         self.namespace = namespace
 
@@ -24,7 +24,7 @@ class SecretReader:
 
     def _data(self, name: str) -> Mapping[str, str]:
         try:
-            secret = self.core.read_namespaced_secret(name, self.namespace)
+            secret = self.core.get(namespaced(self.namespace, "secrets", name))
         except ApiException as error:
             if error.status in (403, 404):
                 raise PolicyProblem(
@@ -33,4 +33,4 @@ class SecretReader:
                     + (" (the operator may not read it)" if error.status == 403 else ""),
                 ) from None
             raise
-        return {str(k): str(v) for k, v in (secret.data or {}).items()}
+        return {str(k): str(v) for k, v in (secret.get("data") or {}).items()}
