@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PAGE_OBJECTS = 1000
 _OBJECT_UPDATE = lean.VIM + "objectSet"
+_PROPERTY_CHANGE = lean.VIM + "changeSet"
 VM_PATHS = (*VM_FACT_PATHS, "summary.config.tpmPresent")
 HOST_PATHS = ("name", "config.product.version", "parent")
 # The UpdateSet's version is its first field, so it opens the answer. Read from the raw bytes, as
@@ -65,21 +66,22 @@ class Delta:
     filled: bool = False  # this poll completed a (re)fill: the inventory is whole
 
 
-def _blank_vm(moid: str) -> VMFacts:
-    return VMFacts(
-        id=moid,
-        name=moid,
-        power_state=PowerState.ON,  # until vCenter says otherwise: never changed unasked
-        firmware="bios",
-        hardware_version=0,
-        guest_id="",
-        host_id=None,
-        folder_id=None,
-        has_snapshots=False,
-        vtpm_device_key=None,
-        task_in_progress=False,
-        tools_running=False,
-    )
+def _blank_vm(moid: str) -> dict[str, Any]:
+    """The fields of a VM before vCenter has said anything of it."""
+    return {
+        "id": moid,
+        "name": moid,
+        "power_state": PowerState.ON,  # until vCenter says otherwise: never changed unasked
+        "firmware": "bios",
+        "hardware_version": 0,
+        "guest_id": "",
+        "host_id": None,
+        "folder_id": None,
+        "has_snapshots": False,
+        "vtpm_device_key": None,
+        "task_in_progress": False,
+        "tools_running": False,
+    }
 
 
 def _version(value: str) -> int:
@@ -310,7 +312,12 @@ class LiveInventory:
                 fields.update(read(value, key))
         if fields.get("name") == "":
             fields["name"] = moid
-        self.vms[moid] = replace(self.vms.get(moid) or _blank_vm(moid), **fields)
+        known = self.vms.get(moid)
+        # A VM new to the inventory is made in one step: a replace() of a blank one cost a tenth
+        # of a 10k-VM fill.
+        self.vms[moid] = (
+            replace(known, **fields) if known is not None else VMFacts(**(_blank_vm(moid) | fields))
+        )
         delta.vms.add(moid)
 
     def _apply_host(self, moid: str, kind: str, props: dict[str, Element | None]) -> None:
@@ -400,7 +407,11 @@ def _in_background(call: Callable[[], bytes]) -> Future[bytes]:
 def _changes(object_update: Element) -> dict[str, Element | None]:
     """Property path → its new <val> (None where the op removed it), in the order vCenter sent them."""
     changes: dict[str, Element | None] = {}
-    for change in lean.children(object_update, "changeSet"):
-        removed = lean.text(change, "op") == "remove"
-        changes[lean.text(change, "name")] = None if removed else change.find(lean.VIM + "val")
+    for change in object_update:
+        if change.tag != _PROPERTY_CHANGE:
+            continue
+        # A PropertyChange is a schema sequence: name, op, then val unless the op removed it. Read
+        # by position: three find() calls per property cost a tenth of a 10k-VM fill.
+        name, op, *val = change
+        changes[name.text or ""] = val[0] if val and op.text != "remove" else None
     return changes
