@@ -16,7 +16,6 @@ from __future__ import annotations
 import http.client
 import logging
 import re
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -25,6 +24,7 @@ from xml.etree.ElementTree import Element
 
 from pyVmomi import vim, vmodl
 
+from vtpm_operator.background import in_background
 from vtpm_operator.facts import KEY_NOT_READ, HostFacts, PowerState, VMFacts
 from vtpm_operator.problems import PolicyProblem, ProblemReason
 from vtpm_operator.vsphere import lean
@@ -240,7 +240,7 @@ class LiveInventory:
         found = _UPDATE_VERSION.search(page, 0, _VERSION_WITHIN)
         if found is None:
             return
-        self._ahead = _in_background(self._page_call(found.group(1).decode(), 0))
+        self._ahead = in_background(self._page_call(found.group(1).decode(), 0), "fill-ahead")
 
     def _page_call(self, version: str, max_wait: int) -> Callable[[], bytes]:
         """A call for one page of the UpdateSet, as XML (no returnval when nothing changed within
@@ -387,21 +387,6 @@ class LiveInventory:
         else:
             self.tasks[task_id] = TaskResult(state, *lean.describe_fault(error))
         delta.tasks.add(task_id)
-
-
-def _in_background(call: Callable[[], bytes]) -> Future[bytes]:
-    """call() in a daemon thread of its own: a page asked ahead that vCenter leaves unanswered
-    must not hold up the process's exit, as a pool's thread would."""
-    future: Future[bytes] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(call())
-        except BaseException as error:  # handed to whoever takes the page
-            future.set_exception(error)
-
-    threading.Thread(target=run, name="fill-ahead", daemon=True).start()
-    return future
 
 
 def _changes(object_update: Element) -> dict[str, Element | None]:
