@@ -17,9 +17,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 from vtpm_operator import claims, metrics
+from vtpm_operator.background import in_background
 from vtpm_operator.connection import Credentials, Endpoint, VCenterConfig
 from vtpm_operator.engine.echoes import Echoes
 from vtpm_operator.engine.queue import ChangeQueue, Finished, Flight, LeaseGone, Wanted
@@ -438,19 +440,24 @@ class Engine:
         self.next_full = now + (min(resyncs) if resyncs else 300.0)
 
     def _full_read_ends(self, started: float) -> None:
-        """Privileges and key providers have no feed: read them at every full read."""
+        """Privileges and key providers have no feed: read them at every full read, and the tags
+        after it. vCenter takes longest over the fleet's privileges (0.4 s for 10k VMs on the
+        project's simulator): the other reads are made meanwhile."""
         assert self.live is not None and self.session is not None
         vms = self.live.vms
-        missing = reads.fleet_privileges(self.session, {vm.id: vm.folder_id for vm in vms.values()})
+        folders = {vm.id: vm.folder_id for vm in vms.values()}
+        privileges = in_background(partial(reads.fleet_privileges, self.session, folders), "privileges")
         pairs = {(vm.host_id, vm.guest_id) for vm in vms.values() if vm.host_id is not None}
         reads.guest_tpm_support(self.session, pairs, self.guest_support)
+        self.key_providers = reads.key_providers(self.session)
+        self._refresh_tags()
+        missing = privileges.result()
         for vm in vms.values():
             vms[vm.id] = replace(
                 vm,
                 missing_privileges=missing.get(vm.id, frozenset()),
                 guest_supports_tpm20=self.guest_support.get((vm.host_id or "", vm.guest_id)),
             )
-        self.key_providers = reads.key_providers(self.session)
         self.fleet_ready = True
         self.dirty_all = True
         metrics.observe_full_read(self.name, time.time() - started)
