@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyVmomi import vim
@@ -141,6 +144,30 @@ def test_a_session_that_expires_between_fill_pages_costs_one_login_and_one_refil
     assert delta.filled and set(live.vms) == expected and len(expected) == 20
     assert session.logins == 2
     assert views == 2  # the first fill, and one more
+
+
+def test_two_calls_that_meet_one_expired_session_renew_it_once(simulator: Simulator) -> None:
+    """The fleet's privileges are read beside the other reads of a full read: both calls meet the
+    expiry; the second to notice must keep the session the first made, not drop it in turn."""
+    session = session_for(simulator)
+    session.soap("RetrieveContent", lambda content: content.about.instanceUuid)
+    arrived, expired = threading.Barrier(2), threading.Barrier(2)
+    first_calls = iter(range(2))  # the two calls' first attempts; a retry passes straight on
+
+    def about_after_expiry(content: Any) -> str:
+        if next(first_calls, None) is not None:
+            if arrived.wait(timeout=10) == 0:  # both hold the content of one session: expire it
+                simulator.admin.expire_sessions()
+            expired.wait(timeout=10)
+        return str(content.sessionManager.currentSession.key)
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            keys = list(pool.map(lambda _: session.soap("CurrentSession", about_after_expiry), range(2)))
+    finally:
+        session.close()
+    assert keys[0] == keys[1]  # both answered in the one fresh session
+    assert session.logins == 2
 
 
 @pytest.mark.parametrize("simulator", [{"vms": 4}], indirect=True)

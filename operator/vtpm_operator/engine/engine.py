@@ -441,16 +441,20 @@ class Engine:
 
     def _full_read_ends(self, started: float) -> None:
         """Privileges and key providers have no feed: read them at every full read, and the tags
-        after it. vCenter takes longest over the fleet's privileges (0.4 s for 10k VMs on the
-        project's simulator): the other reads are made meanwhile."""
+        with them. vCenter takes longest over the fleet's privileges (0.4 s for 10k VMs on the
+        project's simulator): the other reads are made meanwhile, in this thread."""
         assert self.live is not None and self.session is not None
         vms = self.live.vms
         folders = {vm.id: vm.folder_id for vm in vms.values()}
         privileges = in_background(partial(reads.fleet_privileges, self.session, folders), "privileges")
-        pairs = {(vm.host_id, vm.guest_id) for vm in vms.values() if vm.host_id is not None}
-        reads.guest_tpm_support(self.session, pairs, self.guest_support)
-        self.key_providers = reads.key_providers(self.session)
-        self._refresh_tags()
+        try:
+            pairs = {(vm.host_id, vm.guest_id) for vm in vms.values() if vm.host_id is not None}
+            reads.guest_tpm_support(self.session, pairs, self.guest_support)
+            self.key_providers = reads.key_providers(self.session)
+            self._refresh_tags()
+        except BaseException:
+            privileges.exception()  # awaited: no call of this session may outlive the read it is part of
+            raise
         missing = privileges.result()
         for vm in vms.values():
             vms[vm.id] = replace(

@@ -72,13 +72,13 @@ class VCenterSession:
         for attempt in (1, 2):
             if bound_to is not None and bound_to != self.generation:
                 raise SessionRenewed(operation)
-            content = self._content()
+            content, generation = self._content()
             started = time.monotonic()
             try:
                 result = call(content)
             except vim.fault.NotAuthenticated:
                 self._count(operation, "session_expired", started)
-                self._drop_soap()
+                self._drop_soap(generation)
                 if bound_to is not None:
                     raise SessionRenewed(operation) from None
                 if attempt == 2:
@@ -88,7 +88,7 @@ class VCenterSession:
                 continue
             except (OSError, http.client.HTTPException) as error:
                 self._count(operation, "unreachable", started)
-                self._drop_soap()
+                self._drop_soap(generation)
                 if idempotent and attempt == 1:
                     continue
                 raise PolicyProblem(
@@ -102,11 +102,13 @@ class VCenterSession:
             return result
         raise AssertionError("unreachable")
 
-    def _content(self) -> Any:
+    def _content(self) -> tuple[Any, int]:
+        """The service content of the current session (logging in first if there is none), and
+        the session's generation."""
         with self._lock:
             if self._si is None:
                 self._si, self._service_content = self._login()
-            return self._service_content
+            return self._service_content, self.generation
 
     def probe(self) -> About:
         """vCenter's identity from the anonymous RetrieveServiceContent, over verified TLS: no credentials
@@ -183,8 +185,13 @@ class VCenterSession:
         log.info("logged in to %s as %s", self.endpoint.server, self.credentials.username)
         return vim.ServiceInstance("ServiceInstance", stub), content
 
-    def _drop_soap(self) -> None:
+    def _drop_soap(self, generation: int) -> None:
+        """Drop the session of `generation`, the one a call failed in. Calls in other threads
+        (a page asked ahead, the privileges beside the other reads) may meet the same failure: a
+        session another of them has made since is kept, not dropped in turn."""
         with self._lock:
+            if generation != self.generation:
+                return
             si, self._si = self._si, None
             self.generation += 1
         if si is not None:
