@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import durationpy
 
@@ -30,6 +31,10 @@ from vtpm_operator.problems import PolicyProblem
 from vtpm_operator.vsphere.client import VSphereClient
 from vtpm_operator.vsphere.faults import describe
 from vtpm_operator.vsphere.session import VCenterSession
+
+if TYPE_CHECKING:  # imported where used: `audit` needs neither the engine nor the Kubernetes side
+    from vtpm_operator.engine.engine import EngineSettings
+    from vtpm_operator.kube.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -98,43 +103,71 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s or 15m") from error
 
 
-def _freeze_imports() -> None:
-    """Leave what the imports made out of every garbage collection from now on. Kopf, the
+def _freeze_heap() -> None:
+    """Leave every object that exists now out of the garbage collector's sight. Kopf, the
     Kubernetes client, pydantic and pyVmomi leave a heap of modules, classes and functions that
     live as long as the process, and each full collection walked all of it: in a 10k-VM fill
     (captured answers, these packages imported) six full collections took 0.5 s, and 0.05 s
-    with the imports frozen. Freezing only moves objects out of the collector's sight: what is
-    dropped later is freed all the same."""
+    with them frozen. Objects dropped later are still freed by their reference counts; only a
+    reference cycle among the objects frozen now would never be collected, a cost bounded by
+    what exists at this moment."""
     gc.freeze()
 
 
 def _run(args: argparse.Namespace) -> int:
     from vtpm_operator import metrics
-    from vtpm_operator.engine.engine import EngineSettings
-    from vtpm_operator.kube import runtime
 
     logs.configure(args.log_format, verbose=args.verbose)  # Kopf's lines and ours, in one format
     metrics.set_build_info(importlib.metadata.version("vtpm-operator"))
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
-    settings = EngineSettings(
+    settings = _engine_settings(args)
+    _freeze_heap()
+    running = _start_before_kopf(args, settings)
+    try:
+        _run_kopf(args, settings, running)
+    except BaseException:
+        if running is not None:  # Kopf did not run its cleanup: drain and hand the leases back here
+            running.stop()
+        raise
+    return 0
+
+
+def _engine_settings(args: argparse.Namespace) -> EngineSettings:
+    from vtpm_operator.engine.engine import EngineSettings
+
+    return EngineSettings(
         tag_refresh=args.tag_refresh,
         task_timeout=args.task_timeout,
         retry_base=args.retry_base,
         retry_limit=args.retry_limit,
     )
-    _freeze_imports()
-    try:  # before Kopf is imported: the engines read vCenter while it loads and starts
-        running = runtime.start(args.operator_namespace, args.namespace, settings)
+
+
+def _start_before_kopf(args: argparse.Namespace, settings: EngineSettings) -> Runtime | None:
+    """The engines read vCenter while Kopf loads and starts (kube/runtime.py); None when the API
+    server does not answer, for Kopf's startup handler to try again with Kopf's retries. Until
+    Kopf handles SIGTERM, SIGTERM ends the process through the same drain as Kopf's cleanup."""
+    from vtpm_operator.kube import runtime
+
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        return runtime.start(args.operator_namespace, args.namespace, settings)
     except runtime.NOT_YET as error:
         log.warning("cannot list VCenters and policies yet (%s); trying again once Kopf runs", error)
-        running = None
+        return None
 
+
+def _interrupted(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _run_kopf(args: argparse.Namespace, settings: EngineSettings, running: Runtime | None) -> None:
     import kopf
 
     import vtpm_operator.kube.handlers  # noqa: F401  (registers the handlers)
 
-    _freeze_imports()
+    _freeze_heap()  # Kopf's and aiohttp's modules too
     kopf.run(
         memo=kopf.Memo(
             runtime=running,
@@ -147,7 +180,6 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=args.namespace,
         liveness_endpoint=args.liveness,
     )
-    return 0
 
 
 # --- audit ---------------------------------------------------------------------------------------

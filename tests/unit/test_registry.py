@@ -75,6 +75,21 @@ def test_seeding_never_tells_a_policy_its_existing_vcenter_is_missing() -> None:
     assert registry.names() == {"vc-a"}
 
 
+def test_seeding_again_forgets_what_was_deleted_since_the_first_listing() -> None:
+    """The engines start on a listing made before Kopf runs; Kopf's own watch begins with a
+    listing too, so an object deleted in between has no event left: the second seed forgets it."""
+    registry = Registry(RecordingPublisher(), _unreachable, lambda name: {})
+    kept, gone = [_policy("kept", "vc-a")], [_policy("deleted", "vc-a"), _policy("moved-away", "vc-b")]
+    registry.seed({"team": {}, "old": {}}, [_vcenter("vc-a"), _vcenter("vc-b")], kept + gone)
+    assert set(registry._routes) == {"team/kept", "team/deleted", "team/moved-away"}
+    registry.seed({"team": {}}, [_vcenter("vc-a")], kept)
+
+    assert registry.names() == {"vc-a"}
+    assert set(registry._bodies) == {"team/kept"}
+    assert set(registry._routes) == {"team/kept"}
+    assert set(registry._namespaces) == {"team"}
+
+
 def _ready_reasons(publisher: RecordingPublisher, name: str) -> list[str]:
     return _reasons(publisher.policy_writes).get(name, [])
 

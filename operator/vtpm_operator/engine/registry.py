@@ -96,7 +96,21 @@ class Registry:
     ) -> None:
         """Everything the API server listed, before any engine acts. VCenters go in before the
         policies that name them: a policy seen first would be told VCenterNotFound, and on a
-        second replica that write would replace the holder's status with a false one."""
+        second replica that write would replace the holder's status with a false one.
+        Seeded again (Kopf's start, after the engines began on an earlier listing): what the new
+        listing lacks was deleted in between, with no event to say so, and is forgotten."""
+        listed = {f"{b['metadata']['namespace']}/{b['metadata']['name']}" for b in policies}
+        named = {b["metadata"]["name"] for b in vcenters}
+        with self._lock:
+            gone_policies = [key for key in self._bodies if key not in listed]
+            gone_vcenters = (set(self._engines) | set(self._invalid)) - named
+            gone_namespaces = [name for name in self._namespaces if name not in namespaces]
+        for key in gone_policies:
+            self.forget_policy(*key.split("/", 1))
+        for name in gone_vcenters:
+            self.forget_vcenter(name)
+        for name in gone_namespaces:
+            self.namespace(name, None)
         for name, labels in namespaces.items():
             self.namespace(name, labels)
         for body in vcenters:

@@ -24,9 +24,6 @@ PREFIX = "vtpm-operator.io"
 OLD_FINALIZER = f"{PREFIX}/finalizer"  # put on policies by the per-policy daemons of 0.1
 # Handlers only hand events over; nothing long-running ever holds one of these threads.
 EXECUTOR_THREADS = 4
-# On SIGTERM: how long submitted tasks are awaited. With the lease release and the status flush
-# after it this stays under the Deployment's terminationGracePeriodSeconds (30 s).
-DRAIN_SECONDS = 20.0
 
 
 @kopf.on.startup()
@@ -38,24 +35,25 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     )
     settings.posting.enabled = False  # events come from the engines' summaries, not from log lines
     settings.watching.server_timeout = 300
-    if memo.get("runtime") is not None:
-        return
     try:
+        if memo.get("runtime") is not None:
+            memo["runtime"].relist()
+            return
         memo["runtime"] = runtime.start(
             memo["operator_namespace"],
             memo.get("namespaces") or [],
             memo.get("engine_settings") or EngineSettings(),
             memo.get("identity"),
         )
-    except runtime.NOT_YET as error:  # nothing started yet: try again
-        raise kopf.TemporaryError(f"cannot list VCenters and policies yet: {error}", delay=5) from None
+    except runtime.NOT_YET as error:  # tried again, with Kopf's retries
+        raise kopf.TemporaryError(f"cannot list VCenters and policies: {error}", delay=5) from None
 
 
 @kopf.on.cleanup()
 def stop(memo: kopf.Memo, **_: Any) -> None:
     """SIGTERM (a rollout): see Runtime.stop."""
     if memo.get("runtime") is not None:  # it never started otherwise
-        memo["runtime"].stop(grace=DRAIN_SECONDS)
+        memo["runtime"].stop()
 
 
 def _registry(memo: kopf.Memo) -> Registry:
