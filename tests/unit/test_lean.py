@@ -7,7 +7,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from vtpm_operator.facts import VMFacts
 from vtpm_operator.vsphere import lean
+from vtpm_operator.vsphere.live import Delta, LiveInventory, _blank_fields
 
 _NS = 'xmlns="urn:vim25" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
 
@@ -112,3 +114,40 @@ def test_an_answer_that_is_not_a_whole_soap_response_raises_as_a_lost_connection
     """Never an answer with nothing in it: a fill would take that for a fleet of no VMs."""
     with pytest.raises(http.client.HTTPException):
         list(lean.returned(body, "objectSet", "returnval"))
+
+
+def _update_page(change_sets: str) -> bytes:
+    return envelope(
+        "<returnval><version>2</version><filterSet><objectSet><kind>modify</kind>"
+        f'<obj type="VirtualMachine">vm-7</obj>{change_sets}</objectSet></filterSet></returnval>'
+    )
+
+
+class _Session:
+    generation = 0
+
+
+def test_a_property_change_reads_its_value_and_a_removal_as_none() -> None:
+    live = LiveInventory(_Session(), lambda: None)  # type: ignore[arg-type]  # no call is made
+    live.vms["vm-7"] = VMFacts(**(_blank_fields("vm-7") | {"name": "web", "firmware": "efi"}))
+    page = _update_page(
+        "<changeSet><name>config.firmware</name><op>assign</op><val>bios</val></changeSet>"
+        "<changeSet><name>name</name><op>remove</op></changeSet>"
+        "<missingSet><path>config.guestId</path></missingSet>"
+    )
+    live._apply(page, Delta())
+    assert live.vms["vm-7"].firmware == "bios"
+    assert live.vms["vm-7"].name == "vm-7"  # its name removed: known by its id
+
+
+@pytest.mark.parametrize(
+    "change_set",
+    [
+        "<changeSet><name>config.firmware</name></changeSet>",  # no op
+        "<changeSet><op>assign</op><name>config.firmware</name><val>efi</val></changeSet>",  # out of order
+    ],
+)
+def test_a_property_change_out_of_the_schema_is_an_unreadable_answer(change_set: str) -> None:
+    live = LiveInventory(_Session(), lambda: None)  # type: ignore[arg-type]  # no call is made
+    with pytest.raises(http.client.HTTPException, match="schema"):
+        live._apply(_update_page(change_set), Delta())
