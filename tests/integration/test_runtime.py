@@ -16,11 +16,18 @@ from vtpm_operator.kube.publisher import GROUP, VERSION
 TAG = {"category": "c", "name": "t"}
 # Run in a process of its own: this one has Kopf and the client's CoreV1Api loaded already.
 START = """
-import json, logging, sys
+import json, logging, sys, time
+from kubernetes import client
 from vtpm_operator.engine.engine import EngineSettings
 from vtpm_operator.kube import runtime
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-running = runtime.start(sys.argv[1], [sys.argv[1]], EngineSettings())
+namespace, vcenter = sys.argv[1:]
+running = runtime.start(namespace, [namespace], EngineSettings())
+custom, deadline = client.CustomObjectsApi(running.api), time.monotonic() + 60
+while "SecretNotFound" not in json.dumps(custom.get_cluster_custom_object(
+        "vtpm-operator.io", "v1alpha1", "vcenters", vcenter).get("status") or {}):
+    assert time.monotonic() < deadline, "the engine never read its Secret"
+    time.sleep(0.2)  # by then it has read its change record and its Secret through kube/core.py
 loaded = {"kopf": "kopf" in sys.modules, "CoreV1Api": "kubernetes.client.api.core_v1_api" in sys.modules}
 print(json.dumps({"vcenters": sorted(running.registry.names()), **loaded}))
 running.stop(grace=0)
@@ -64,7 +71,11 @@ def test_the_runtime_starts_from_the_api_servers_listing_without_kopf_or_core_v1
             )
         env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)}
         done = subprocess.run(
-            [sys.executable, "-c", START, namespace], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", START, namespace, vcenter],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr
         started = json.loads(done.stdout)

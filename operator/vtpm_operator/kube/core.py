@@ -40,7 +40,7 @@ class CoreApi:
         return cast(dict[str, Any], self.api.response_deserialize(response, {"2XX": "object"}).data)
 
 
-def namespaced(namespace: str, plural: str, name: str = "") -> str:
-    """The path of a core object (or, without a name, of its collection) in a namespace."""
+def namespaced(namespace: str, plural: str, name: str | None = None) -> str:
+    """The path of a core object in a namespace, or of their collection when no name is given."""
     path = f"/api/v1/namespaces/{quote(namespace, safe='')}/{plural}"
-    return f"{path}/{quote(name, safe='')}" if name else path
+    return path if name is None else f"{path}/{quote(name, safe='')}"
