@@ -123,13 +123,18 @@ def _run(args: argparse.Namespace) -> int:
         metrics.serve(args.metrics_port, args.metrics_address)
     settings = _engine_settings(args)
     _freeze_heap()
-    running = _start_before_kopf(args, settings)
+    # SIGTERM waits while the runtime starts, and then, until Kopf handles it, ends the process
+    # through the finally below: the same drain and lease release as Kopf's cleanup.
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    memo: dict[str, Any] = {"runtime": _start_before_kopf(args, settings)}
     try:
-        _run_kopf(args, settings, running)
-    except BaseException:
-        if running is not None:  # Kopf did not run its cleanup: drain and hand the leases back here
-            running.stop()
-        raise
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        _run_kopf(args, settings, memo)
+    finally:  # Kopf's cleanup may not have run (a SIGTERM during its startup, or a failure)
+        started: Runtime | None = memo["runtime"]
+        if started is not None:
+            started.stop()
     return 0
 
 
@@ -146,11 +151,9 @@ def _engine_settings(args: argparse.Namespace) -> EngineSettings:
 
 def _start_before_kopf(args: argparse.Namespace, settings: EngineSettings) -> Runtime | None:
     """The engines read vCenter while Kopf loads and starts (kube/runtime.py); None when the API
-    server does not answer, for Kopf's startup handler to try again with Kopf's retries. Until
-    Kopf handles SIGTERM, SIGTERM ends the process through the same drain as Kopf's cleanup."""
+    server does not answer, for Kopf's startup handler to try again with Kopf's retries."""
     from vtpm_operator.kube import runtime
 
-    signal.signal(signal.SIGTERM, _interrupted)
     try:
         return runtime.start(args.operator_namespace, args.namespace, settings)
     except runtime.NOT_YET as error:
@@ -159,27 +162,34 @@ def _start_before_kopf(args: argparse.Namespace, settings: EngineSettings) -> Ru
 
 
 def _interrupted(signum: int, frame: Any) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not cut the drain short
     raise SystemExit(128 + signum)
 
 
-def _run_kopf(args: argparse.Namespace, settings: EngineSettings, running: Runtime | None) -> None:
+def _run_kopf(args: argparse.Namespace, settings: EngineSettings, memo: dict[str, Any]) -> None:
+    """Kopf's handlers hand events to memo["runtime"]; its startup handler starts one when there
+    is none yet, and it is handed back in `memo`, whatever ends Kopf."""
     import kopf
 
     import vtpm_operator.kube.handlers  # noqa: F401  (registers the handlers)
 
     _freeze_heap()  # Kopf's and aiohttp's modules too
-    kopf.run(
-        memo=kopf.Memo(
-            runtime=running,
-            operator_namespace=args.operator_namespace,
-            namespaces=args.namespace,
-            engine_settings=settings,
-        ),
-        standalone=True,
-        clusterwide=args.all_namespaces or not args.namespace,
+    shared = kopf.Memo(
+        runtime=memo["runtime"],
+        operator_namespace=args.operator_namespace,
         namespaces=args.namespace,
-        liveness_endpoint=args.liveness,
+        engine_settings=settings,
     )
+    try:
+        kopf.run(
+            memo=shared,
+            standalone=True,
+            clusterwide=args.all_namespaces or not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=args.liveness,
+        )
+    finally:
+        memo["runtime"] = shared.get("runtime")
 
 
 # --- audit ---------------------------------------------------------------------------------------

@@ -90,6 +90,16 @@ def test_seeding_again_forgets_what_was_deleted_since_the_first_listing() -> Non
     assert set(registry._namespaces) == {"team"}
 
 
+def test_a_listing_that_ends_after_the_stop_starts_no_engine() -> None:
+    """Kopf's startup handler may still be listing in its executor when SIGTERM's stop comes."""
+    registry = Registry(RecordingPublisher(), _unreachable, lambda name: {})
+    registry.start()
+    registry.stop(grace=0)
+    registry.seed({"team": {}}, [_vcenter("vc-a")], [_policy("p", "vc-a")])
+    registry.vcenter(_vcenter("vc-b"))
+    assert registry.names() == frozenset()
+
+
 def _ready_reasons(publisher: RecordingPublisher, name: str) -> list[str]:
     return _reasons(publisher.policy_writes).get(name, [])
 

@@ -453,7 +453,7 @@ class Engine:
             self.key_providers = reads.key_providers(self.session)
             self._refresh_tags()
         except BaseException:
-            privileges.exception()  # awaited: no call of this session may outlive the read it is part of
+            privileges.exception()  # awaited: it must not run on into the session the next read makes
             raise
         missing = privileges.result()
         for vm in vms.values():

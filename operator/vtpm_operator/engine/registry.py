@@ -51,6 +51,7 @@ class Registry:
         self._identities: dict[str, str] = {}  # VCenter name → instanceUuid
         self._started = False  # engines start once the registry has been seeded with everything
         self._invalid: dict[str, PolicyProblem] = {}  # VCenter name → why its spec is refused
+        self._stopped = False  # no engine is made after stop()
 
     # --- VCenters -------------------------------------------------------------------------------
     def vcenter(self, body: Mapping[str, Any]) -> None:
@@ -70,6 +71,8 @@ class Registry:
             self._invalid.pop(name, None)
         with self._lock:
             running = self._engines.get(name)
+            if running is None and self._stopped:
+                return
             if running is None:
                 engine = Engine(name, config, generation, self._hooks(), self.settings)
                 engine.document = dict(body.get("status") or {})
@@ -98,7 +101,11 @@ class Registry:
         policies that name them: a policy seen first would be told VCenterNotFound, and on a
         second replica that write would replace the holder's status with a false one.
         Seeded again (Kopf's start, after the engines began on an earlier listing): what the new
-        listing lacks was deleted in between, with no event to say so, and is forgotten."""
+        listing lacks was deleted in between, with no event to say so, and is forgotten. (What is
+        deleted between this listing and Kopf's own, milliseconds later, is missed, as it was
+        before the engines started ahead of Kopf.)"""
+        if self._stopped:  # a relist still under way in Kopf's executor when the stop came
+            return
         listed = {f"{b['metadata']['namespace']}/{b['metadata']['name']}" for b in policies}
         named = {b["metadata"]["name"] for b in vcenters}
         with self._lock:
@@ -108,7 +115,7 @@ class Registry:
         for key in gone_policies:
             self.forget_policy(*key.split("/", 1))
         for name in gone_vcenters:
-            self.forget_vcenter(name)
+            self.forget_vcenter(name, tell_policies=False)  # every listed policy is judged below
         for name in gone_namespaces:
             self.namespace(name, None)
         for name, labels in namespaces.items():
@@ -289,6 +296,7 @@ class Registry:
     def stop(self, grace: float) -> None:
         """Drain every engine (see Engine.drain), then let them go."""
         with self._lock:
+            self._stopped = True
             running = list(self._engines.values())
             self._engines.clear()
         for r in running:

@@ -45,22 +45,24 @@ class Runtime:
     publisher: KubePublisher
     elector: LeaseElector
     stopping: threading.Event = field(default_factory=threading.Event)
+    _stop_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def relist(self) -> None:
-        """List everything again, once Kopf is about to watch: an object deleted since the first
+        """List everything again, as Kopf is about to watch: an object deleted since the first
         listing has no event left to say so (Kopf's watch begins with a listing of its own)."""
         _seed(self.registry, self.api, self.namespaces)
 
     def stop(self, grace: float = DRAIN_SECONDS) -> None:
         """Finish what vCenter runs already (up to `grace`), start nothing, then hand the leases
         back at once, so that the next replica takes over without waiting for them to expire.
-        Once only: a second call finds nothing left to do."""
-        if self.stopping.is_set():
-            return
-        self.registry.stop(grace=grace)
-        self.stopping.set()
-        self.elector.release_all()
-        self.publisher.stop()
+        Once only: a second call waits for the first, then finds nothing left to do."""
+        with self._stop_lock:
+            if self.stopping.is_set():
+                return
+            self.registry.stop(grace=grace)
+            self.stopping.set()
+            self.elector.release_all()
+            self.publisher.stop()
 
 
 def start(

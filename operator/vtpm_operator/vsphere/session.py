@@ -70,9 +70,9 @@ class VCenterSession:
         it can never fail there and drop that one too.
         """
         for attempt in (1, 2):
-            if bound_to is not None and bound_to != self.generation:
-                raise SessionRenewed(operation)
             content, generation = self._content()
+            if bound_to is not None and bound_to != generation:  # read with the content: one session
+                raise SessionRenewed(operation)
             started = time.monotonic()
             try:
                 result = call(content)
