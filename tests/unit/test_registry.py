@@ -100,6 +100,21 @@ def test_a_listing_that_ends_after_the_stop_starts_no_engine() -> None:
     assert registry.names() == frozenset()
 
 
+def test_a_vcenter_held_by_another_replica_is_known_by_the_identity_its_holder_wrote() -> None:
+    """With two replicas each holding one of two VCenters that reach one vCenter, the younger one's
+    holder never probes the older: it reads the older one's instanceUuid from its status."""
+    registry = Registry(RecordingPublisher(), _unreachable, lambda name: {})
+    older = {**_vcenter("vc-a"), "status": {"observedGeneration": 1, "instanceUuid": "uuid-1"}}
+    younger = _vcenter("vc-b")
+    younger["metadata"] = {**younger["metadata"], "creationTimestamp": "2026-01-01T00:00:01Z"}
+    registry.seed({"team": {}}, [older, younger], [])
+    assert registry._identity("vc-b", "uuid-1") == "vc-a"  # DuplicateVCenter, not a wait
+    assert registry._identity("vc-b", "uuid-2") is None
+    stale = {**_vcenter("vc-c"), "status": {"observedGeneration": 0, "instanceUuid": "uuid-0"}}
+    registry.vcenter(stale)  # written for an earlier spec: not taken
+    assert "vc-c" not in registry._identities
+
+
 def _ready_reasons(publisher: RecordingPublisher, name: str) -> list[str]:
     return _reasons(publisher.policy_writes).get(name, [])
 

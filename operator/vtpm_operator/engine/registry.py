@@ -67,8 +67,13 @@ class Registry:
             for policy in self._bodies_of(name):
                 self.policy(policy)
             return
+        status = body.get("status") or {}
         with self._lock:
             self._invalid.pop(name, None)
+            if status.get("instanceUuid") and status.get("observedGeneration") == generation:
+                # Probed by its holder, maybe another replica: a younger VCenter held here learns
+                # from it whether both reach one vCenter, instead of waiting for a probe never made here.
+                self._identities.setdefault(name, str(status["instanceUuid"]))
         with self._lock:
             running = self._engines.get(name)
             if running is None and self._stopped:
