@@ -159,6 +159,9 @@ class Engine:
         self.document: dict[str, Any] = {}
         self.stop_event = threading.Event()
         self.wakeup = threading.Event()  # set by wake(): a nap ends at once
+        # Set once every policy has been told something (a verdict of the whole fleet, or why
+        # there is none): what the process start waits for before it loads Kopf (Runtime.settle).
+        self.reported = threading.Event()
         self.draining_until: float | None = None
         self.failures = 0  # connection attempts that failed in a row
         self.login_at = 0.0  # monotonic: after a failure, no login before this
@@ -808,6 +811,8 @@ class Engine:
         for entry, outcome, document in documents:
             self._publish_policy(entry, outcome, document, now)
         self._publish_vcenter(now)
+        if not self.reported.is_set() and self.policies.keys() <= self.last_reports.keys():
+            self.reported.set()
         metrics.set_change_queue(self.name, len(self.queue.flights), len(self.queue.queued))
         metrics.set_vcenter(
             self.name,

@@ -288,6 +288,13 @@ class Registry:
         if running is not None:
             running.engine.wake()
 
+    def wait_reported(self, name: str, timeout: float) -> bool:
+        """Whether the VCenter's engine has told each of its policies something (Engine.reported)
+        within `timeout` seconds; True at once when it has no engine."""
+        with self._lock:
+            running = self._engines.get(name)
+        return running is None or running.engine.reported.wait(timeout)
+
     def names(self) -> frozenset[str]:
         with self._lock:
             return frozenset(self._engines)

@@ -147,6 +147,7 @@ class LeaseElector:
         self._reported: set[str] = set()  # units announced by on_acquired and not yet by on_lost
         self._takeover_at = math.inf  # monotonic time the first lease held by another expires
         self._failing = False  # the last round was abandoned
+        self.first_round = threading.Event()  # set once a round was tried: held() means something
 
     # --- what the engine calls
 
@@ -171,6 +172,7 @@ class LeaseElector:
             if time.monotonic() >= due:
                 started = time.monotonic()
                 self._round()
+                self.first_round.set()
                 # Also wake when another holder's lease runs out, rather than up to one retry
                 # period later: a dead replica's units move about lease_duration after its last renew.
                 due = min(started + self.retry_period, self._takeover_at)

@@ -1,8 +1,9 @@
 """The operator's Kubernetes side without Kopf: the registry of engines, the leases, the writer.
 
-It is started before Kopf is imported: the engines take their leases, log in and read vCenter
-while Kopf and aiohttp load and Kopf starts (about 0.5 s of CPU here, and 1 to 2 s of waiting
-for the engines before this order).
+It is started before Kopf is imported, and Kopf only once the engines have told every policy
+something (Runtime.settle, bounded): the engines take their leases, log in and read vCenter with
+the interpreter to themselves. Kopf's import and start cost about 1 s of CPU here, and Python runs
+one thread at a time, so loading Kopf meanwhile delayed every first status by about as much.
 Kopf's handlers then only hand it the events that follow its own listing of everything.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,10 @@ NOT_YET = (ApiException, urllib3.exceptions.HTTPError)
 # On SIGTERM: how long submitted tasks are awaited. With the lease release and the status flush
 # after it this stays under the Deployment's terminationGracePeriodSeconds (30 s).
 DRAIN_SECONDS = 20.0
+# At most this long Kopf waits for the engines' first statuses (Runtime.settle): a fill slower
+# than this shares the interpreter with Kopf's start, as it did before. Kopf's liveness endpoint
+# is up well before the Deployment's probe first asks (10 s, then 3 failures 20 s apart).
+SETTLE_SECONDS = 10.0
 
 
 @dataclass
@@ -51,6 +57,19 @@ class Runtime:
         """List everything again, as Kopf is about to watch: an object deleted since the first
         listing has no event left to say so (Kopf's watch begins with a listing of its own)."""
         _seed(self.registry, self.api, self.namespaces)
+
+    def settle(self, timeout: float = SETTLE_SECONDS) -> bool:
+        """Whether, within `timeout` seconds, the first lease round was tried and every engine
+        holding its lease here has told each of its policies something. Kopf is loaded after
+        it: its import and start (about 1 s of CPU here) would otherwise share the interpreter,
+        one thread at a time, with the first fill, and delay every first status by as much."""
+        deadline = time.monotonic() + timeout
+        if not self.elector.first_round.wait(timeout):
+            return False
+        return all(
+            self.registry.wait_reported(name, max(0.0, deadline - time.monotonic()))
+            for name in sorted(self.elector.held())
+        )
 
     def stop(self, grace: float = DRAIN_SECONDS) -> None:
         """Finish what vCenter runs already (up to `grace`), start nothing, then hand the leases
