@@ -182,10 +182,12 @@ def policy_notes(
 ) -> tuple[PolicyNote, ...]:
     """Policy-level notes, from the VMs' outcomes: what waits for a person beyond single VMs."""
     to_remove = missing_provider = 0
+    refused = bool(removal_refused) and policy.vtpm is DesiredVTPM.ABSENT
+    no_provider = Reason.KEY_PROVIDER_MISSING.value  # once: an enum's .value is a property call
     for outcome in outcomes:
-        if outcome.state is VMState.NON_COMPLIANT and removal_refused and policy.vtpm is DesiredVTPM.ABSENT:
+        if refused and outcome.state is VMState.NON_COMPLIANT:
             to_remove += 1
-        if Reason.KEY_PROVIDER_MISSING.value in outcome.reasons:
+        if no_provider in outcome.reasons:
             missing_provider += 1
     notes = []
     if to_remove:

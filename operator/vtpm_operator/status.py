@@ -7,7 +7,6 @@ Reconciling and Stalled, and Compliant. lastTransitionTime moves only when a sta
 from __future__ import annotations
 
 import heapq
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,7 +74,7 @@ def _compliant(result: SyncResult) -> Condition:
     matched = len(result.outcomes)
     if matched == 0:
         return Condition("Compliant", "True", "NoVMsMatched", "no VM carries the selected tags")
-    by_state = Counter(o.state for o in result.outcomes)
+    by_state = result.states
     off = matched - by_state[VMState.COMPLIANT]
     if off == 0:
         return Condition("Compliant", "True", "AllCompliant", f"all {matched} VMs are compliant")
@@ -86,12 +85,11 @@ def _compliant(result: SyncResult) -> Condition:
 
 
 def _stalled(result: SyncResult) -> Condition:
-    blocked = [o for o in result.outcomes if o.state is VMState.BLOCKED]
-    reasons = Counter(reason for o in blocked for reason in o.reasons)
+    blocked = result.count(VMState.BLOCKED)
     blocked_text = ""
     if blocked:
-        listed = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
-        blocked_text = f"{len(blocked)} VMs are blocked ({listed}); see status.vms"
+        listed = ", ".join(f"{reason} {count}" for reason, count in sorted(result.blocked_reasons.items()))
+        blocked_text = f"{blocked} VMs are blocked ({listed}); see status.vms"
     if result.notes:
         messages = [note.message for note in result.notes] + ([blocked_text] if blocked_text else [])
         return Condition("Stalled", "True", result.notes[0].reason.value, "; ".join(messages))

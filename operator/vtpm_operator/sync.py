@@ -6,7 +6,10 @@ the status document and the events.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import chain
 
 from vtpm_operator.planning import PolicyNote, VMOutcome, VMState
 
@@ -28,5 +31,16 @@ class SyncResult:
     def compliant_ids(self) -> frozenset[str]:
         return frozenset(o.id for o in self.outcomes if o.state is VMState.COMPLIANT)
 
+    # Counted once: the status, its conditions and the metrics all ask, per policy, over up to
+    # every VM of the fleet.
+    @cached_property
+    def states(self) -> Counter[VMState]:
+        return Counter(o.state for o in self.outcomes)
+
+    @cached_property
+    def blocked_reasons(self) -> Counter[str]:
+        """How many blocked VMs each reason blocks."""
+        return Counter(chain.from_iterable(o.reasons for o in self.outcomes if o.state is VMState.BLOCKED))
+
     def count(self, state: VMState) -> int:
-        return sum(1 for o in self.outcomes if o.state is state)
+        return self.states[state]

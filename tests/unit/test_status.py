@@ -61,6 +61,7 @@ class TestConditionsFor:
                 out(1, VMState.COMPLIANT),
                 out(2, VMState.BLOCKED, "PoweredOn", "HasSnapshots"),
                 out(3, VMState.BLOCKED, "PoweredOn"),
+                out(4, VMState.FAILED, "PoweredOn"),  # not blocked: not counted among them
             )
         )
         c = by_type(conditions_for(result))

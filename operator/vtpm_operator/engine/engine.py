@@ -13,7 +13,6 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from vtpm_operator.engine.views import Fleet, PolicyView
 from vtpm_operator.engine.workflow import Plan, TaskDone, pay_debt, vtpm_change
 from vtpm_operator.events import Notice, notices_for
 from vtpm_operator.facts import About, KeyProvider, PowerState, VMFacts
-from vtpm_operator.planning import WAITING_FOR_TASK, Change, VMState, decide, pending
+from vtpm_operator.planning import WAITING_FOR_TASK, Change, decide, pending
 from vtpm_operator.policy import DesiredVTPM, Mode, Policy
 from vtpm_operator.prerequisites import choose_key_provider, evaluate
 from vtpm_operator.problems import PolicyProblem, ProblemReason
@@ -893,10 +892,8 @@ class Engine:
     ) -> None:
         labels = (entry.namespace, entry.name, self.name, entry.policy.mode.value)
         summary = document.get("summary") or {}
-        blocked: Counter[str] = Counter()
         if isinstance(outcome, SyncResult):
             self.synced_at[entry.key] = self.current_at or time.time()
-            blocked.update(r for o in outcome.outcomes if o.state is VMState.BLOCKED for r in o.reasons)
         metrics.publish_policy(
             entry.namespace,
             entry.name,
@@ -905,7 +902,7 @@ class Engine:
             states={state: int(summary.get(field, 0)) for state, field in _SUMMARY_FIELDS.items()},
             conditions={c["type"]: c["status"] for c in document.get("conditions") or []},
             last_sync=self.synced_at.get(entry.key),
-            blocked_reasons=blocked if isinstance(outcome, SyncResult) else None,
+            blocked_reasons=outcome.blocked_reasons if isinstance(outcome, SyncResult) else None,
         )
         if isinstance(outcome, SyncResult) and outcome.drifted:
             metrics.count_drift(*labels, outcome.drifted)
