@@ -218,15 +218,12 @@ class Operator:
                 self.process.wait()
 
 
-def _compiled_ahead(env: dict[str, str], source: Path, cache: Path) -> dict[str, str]:
-    """`env` with the operator's modules compiled before it starts, as the image has them (the
-    Dockerfile's compileall): an editable install under PYTHONDONTWRITEBYTECODE (this machine
-    sets it) compiles all of them from source at every start, 0.15-0.2 s of CPU here."""
-    env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"} | {
-        "PYTHONPYCACHEPREFIX": str(cache)
-    }
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(source)], env=env, check=True)
-    return env
+def _compile(source: Path) -> None:
+    """Compile the operator's modules before it starts, as the image has them (the Dockerfile's
+    compileall): an editable install under PYTHONDONTWRITEBYTECODE (this machine sets it) would
+    compile every one of them from source at each start, 0.15-0.2 s of CPU here. compileall
+    writes the bytecode whatever that variable says, and the operator reads it."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(source)], check=True)
 
 
 def start_operator(
@@ -238,7 +235,7 @@ def start_operator(
     env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
     if source is not None:
         env["PYTHONPATH"] = str(source)  # ahead of the editable install's path entry
-    env = _compiled_ahead(env, source or REPO / "operator", log.parent / "bytecode")
+    _compile(source or REPO / "operator")
     argv = [
         str(OPERATOR), "run",
         "--namespace", namespace,
