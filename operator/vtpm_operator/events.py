@@ -35,8 +35,8 @@ def notices_for(
     notices = []
     if isinstance(previous, PolicyProblem):
         notices.append(Notice("Normal", "SyncRecovered", f"vCenter read again after {previous.reason.value}"))
-    changed = [o for o in current.outcomes if o.id in current.remediated_ids]
     if current.remediated:
+        changed = [o for o in current.outcomes if o.id in current.remediated_ids]
         verb, reason = (
             ("added a vTPM to", "VTPMAdded")
             if desired is DesiredVTPM.PRESENT
@@ -56,6 +56,8 @@ def notices_for(
         )
     before = last_sync if last_sync is not None else previous
     for state, reason in ((VMState.BLOCKED, "VMsBlocked"), (VMState.FAILED, "VMsFailed")):
+        if not current.count(state):
+            continue  # no VM in it: neither walk this look's VMs nor the last's
         earlier = _ids_in(before, state)
         fresh = [o for o in current.outcomes if o.state is state and o.id not in earlier]
         if fresh:
