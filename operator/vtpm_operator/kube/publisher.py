@@ -58,6 +58,7 @@ class KubePublisher:
         self._failures: dict[_Key, int] = {}
         self._events: deque[tuple[str, str, str, Notice]] = deque()
         self._stopping = False
+        self._writing = False  # the writer thread is writing what it took from the above
         self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
         self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="status-write")
 
@@ -103,6 +104,18 @@ class KubePublisher:
                 self._lock.wait(left)
             return True
 
+    def wait_written(self, timeout: float) -> bool:
+        """Whether everything handed over so far that may be written now is written within
+        `timeout` seconds (a write that failed counts as done: it is tried again later)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._writing or self._records or self._events or self._due_now():
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping:
+                    return False
+                self._lock.wait(left)
+            return True
+
     def _submit(self, key: _Key, document: Mapping[str, Any]) -> None:
         with self._lock:
             self._pending[key] = document
@@ -112,6 +125,9 @@ class KubePublisher:
     def _run(self) -> None:
         while True:
             with self._lock:
+                if self._writing:  # the last round is written: tell wait_written
+                    self._writing = False
+                    self._lock.notify_all()
                 if self._stopping and not self._pending and not self._events and not self._records:
                     return
                 due = self._due_now()
@@ -123,6 +139,7 @@ class KubePublisher:
                     del self._pending[key]
                 events = list(self._events)
                 self._events.clear()
+                self._writing = bool(records or due or events)
                 if self._stopping:
                     self._pending.clear()  # last chance was this round
             if not self._write_records(records):

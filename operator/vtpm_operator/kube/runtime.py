@@ -59,16 +59,20 @@ class Runtime:
         _seed(self.registry, self.api, self.namespaces)
 
     def settle(self, timeout: float = SETTLE_SECONDS) -> bool:
-        """Whether, within `timeout` seconds, the first lease round was tried and every engine
-        holding its lease here has told each of its policies something. Kopf is loaded after
-        it: its import and start (about 1 s of CPU here) would otherwise share the interpreter,
-        one thread at a time, with the first fill, and delay every first status by as much."""
+        """Whether, within `timeout` seconds, the first lease round was tried, every engine
+        holding its lease here has told each of its policies something, and those statuses are
+        written. Kopf is loaded after it: its import and start (about 1 s of CPU here) would
+        otherwise share the interpreter, one thread at a time, with the first fill and the
+        status writes, and delay every first status by as much."""
         deadline = time.monotonic() + timeout
-        if not self.elector.first_round.wait(timeout):
-            return False
-        return all(
-            self.registry.wait_reported(name, max(0.0, deadline - time.monotonic()))
-            for name in sorted(self.elector.held())
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        return (
+            self.elector.first_round.wait(timeout)
+            and all(self.registry.wait_reported(name, left()) for name in sorted(self.elector.held()))
+            and self.publisher.wait_written(left())
         )
 
     def stop(self, grace: float = DRAIN_SECONDS) -> None:
