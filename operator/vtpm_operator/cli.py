@@ -131,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if memo["runtime"] is not None and not memo["runtime"].settle():
-            log.info("loading Kopf before every engine has reported (see Runtime.settle)")
+            log.info("loading Kopf before the first statuses are all written (see Runtime.settle)")
         _run_kopf(args, settings, memo)
     finally:  # Kopf's cleanup may not have run (a SIGTERM during its startup, or a failure)
         started: Runtime | None = memo["runtime"]

@@ -6,7 +6,7 @@ import json
 
 from kubernetes import client
 
-from vtpm_operator.kube.publisher import KubePublisher
+from vtpm_operator.kube.publisher import GROUP, POLICIES, VERSION, KubePublisher
 from vtpm_operator.kube.records import DATA_KEY, RecordStore, record_name
 
 
@@ -41,3 +41,43 @@ def test_a_record_that_cannot_be_written_holds_back_no_other_vcenter(
         assert publisher.wait_recorded("vc-huge", 5) is False
     finally:
         publisher.stop()
+
+
+def test_wait_written_returns_once_every_status_handed_over_is_in_the_api_server(
+    kube_api: client.ApiClient, namespace: str, crd_installed: str
+) -> None:
+    """What `run` waits for before it loads Kopf (Runtime.settle): 50 policies' first statuses."""
+    custom = client.CustomObjectsApi(kube_api)
+    names = [f"p{i:02d}" for i in range(50)]
+    for name in names:
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            POLICIES,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "VTPMPolicy",
+                "metadata": {"name": name},
+                "spec": {
+                    "vcenterRef": {"name": "vc"},
+                    "selector": {"tags": [{"category": "c", "name": "t"}]},
+                },
+            },
+        )
+    publisher = KubePublisher(kube_api, RecordStore(kube_api, namespace))
+    assert publisher.wait_written(0) is True  # nothing handed over: nothing owed
+    for name in names:
+        publisher.policy_status(namespace, name, {"observedGeneration": 7})
+    assert publisher.wait_written(0.5) is False  # no writer yet: it returns, it does not wait
+    publisher.start()
+    try:
+        assert publisher.wait_written(30) is True
+        listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, POLICIES)["items"]
+        assert {
+            p["metadata"]["name"]: (p.get("status") or {}).get("observedGeneration") for p in listed
+        } == dict.fromkeys(names, 7)
+    finally:
+        publisher.stop()
+    publisher.policy_status(namespace, "not-written-yet", {"observedGeneration": 8})
+    assert publisher.wait_written(5) is False  # stopped: nothing more is written

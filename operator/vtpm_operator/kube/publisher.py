@@ -59,6 +59,8 @@ class KubePublisher:
         self._events: deque[tuple[str, str, str, Notice]] = deque()
         self._stopping = False
         self._writing = False  # the writer thread is writing what it took from the above
+        self._rounds_taken = 0  # rounds of writes the writer took, and of those, written
+        self._rounds_done = 0
         self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
         self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="status-write")
 
@@ -105,16 +107,20 @@ class KubePublisher:
             return True
 
     def wait_written(self, timeout: float) -> bool:
-        """Whether everything handed over so far that may be written now is written within
-        `timeout` seconds (a write that failed counts as done: it is tried again later)."""
+        """Whether what was handed over before this call, and may be written now, is written within
+        `timeout` seconds: by the round being written, or by the next one when more waits. A
+        status write that failed counts as done (it is tried again later); a change record that
+        fails, or a writer that is gone, ends the wait with False at once."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._writing or self._records or self._events or self._due_now():
+            waiting = bool(self._records or self._events or self._due_now())
+            last = self._rounds_taken + 1 if waiting else self._rounds_taken
+            while self._rounds_done < last:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._stopping:
+                if left <= 0 or self._stopping or self._failing or not self._thread.is_alive():
                     return False
                 self._lock.wait(left)
-            return True
+            return not self._failing
 
     def _submit(self, key: _Key, document: Mapping[str, Any]) -> None:
         with self._lock:
@@ -127,6 +133,7 @@ class KubePublisher:
             with self._lock:
                 if self._writing:  # the last round is written: tell wait_written
                     self._writing = False
+                    self._rounds_done = self._rounds_taken
                     self._lock.notify_all()
                 if self._stopping and not self._pending and not self._events and not self._records:
                     return
@@ -140,6 +147,7 @@ class KubePublisher:
                 events = list(self._events)
                 self._events.clear()
                 self._writing = bool(records or due or events)
+                self._rounds_taken += self._writing
                 if self._stopping:
                     self._pending.clear()  # last chance was this round
             if not self._write_records(records):

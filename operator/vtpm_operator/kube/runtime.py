@@ -39,7 +39,8 @@ NOT_YET = (ApiException, urllib3.exceptions.HTTPError)
 DRAIN_SECONDS = 20.0
 # At most this long Kopf waits for the engines' first statuses (Runtime.settle): a fill slower
 # than this shares the interpreter with Kopf's start, as it did before. Kopf's liveness endpoint
-# is up well before the Deployment's probe first asks (10 s, then 3 failures 20 s apart).
+# is then up about 1 s after the bound, just after the Deployment's probe first asks (at 10 s):
+# that probe fails, and the next two of the three it allows (20 s apart) find it up.
 SETTLE_SECONDS = 10.0
 
 
@@ -60,8 +61,9 @@ class Runtime:
 
     def settle(self, timeout: float = SETTLE_SECONDS) -> bool:
         """Whether, within `timeout` seconds, the first lease round was tried, every engine
-        holding its lease here has told each of its policies something, and those statuses are
-        written. Kopf is loaded after it: its import and start (about 1 s of CPU here) would
+        holding its lease here has told each of its policies something, and what was handed to
+        the status writer then and may be written at once is written (KubePublisher.wait_written).
+        Kopf is loaded after it: its import and start (about 1 s of CPU here) would
         otherwise share the interpreter, one thread at a time, with the first fill and the
         status writes, and delay every first status by as much."""
         deadline = time.monotonic() + timeout
