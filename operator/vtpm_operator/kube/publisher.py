@@ -58,7 +58,6 @@ class KubePublisher:
         self._failures: dict[_Key, int] = {}
         self._events: deque[tuple[str, str, str, Notice]] = deque()
         self._stopping = False
-        self._writing = False  # the writer thread is writing what it took from the above
         self._rounds_taken = 0  # rounds of writes the writer took, and of those, written
         self._rounds_done = 0
         self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
@@ -131,8 +130,7 @@ class KubePublisher:
     def _run(self) -> None:
         while True:
             with self._lock:
-                if self._writing:  # the last round is written: tell wait_written
-                    self._writing = False
+                if self._rounds_done < self._rounds_taken:  # the last round is written: tell wait_written
                     self._rounds_done = self._rounds_taken
                     self._lock.notify_all()
                 if self._stopping and not self._pending and not self._events and not self._records:
@@ -146,8 +144,7 @@ class KubePublisher:
                     del self._pending[key]
                 events = list(self._events)
                 self._events.clear()
-                self._writing = bool(records or due or events)
-                self._rounds_taken += self._writing
+                self._rounds_taken += bool(records or due or events)
                 if self._stopping:
                     self._pending.clear()  # last chance was this round
             if not self._write_records(records):
