@@ -11,7 +11,6 @@ from kubernetes import client
 from vtpm_operator.api import parse_vcenter
 from vtpm_operator.connection import VCenterConfig
 from vtpm_operator.events import Notice
-from vtpm_operator.kube.core import CoreApi
 from vtpm_operator.kube.publisher import KubePublisher
 from vtpm_operator.kube.records import RecordStore
 from vtpm_operator.kube.secrets import SecretReader
@@ -41,7 +40,7 @@ def test_credentials_come_from_the_secret_and_a_missing_one_is_named(
     client.CoreV1Api(kube_api).create_namespaced_secret(
         namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="creds"), data=encoded)
     )
-    reader = SecretReader(CoreApi(kube_api), namespace)
+    reader = SecretReader(kube_api, namespace)
     _, credentials = reader.connection(_config("creds"))
     assert (credentials.username, credentials.password) == ("op", "pw")
     with pytest.raises(PolicyProblem) as missing:

@@ -107,7 +107,7 @@ def start(
     publisher = KubePublisher(api, records)
     registry = Registry(
         publisher,
-        SecretReader(CoreApi(api), operator_namespace).connection,
+        SecretReader(api, operator_namespace).connection,
         records.load,
         settings=settings,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from vtpm_operator.connection import Credentials, Endpoint, VCenterConfig, decode_ca, decode_secret
@@ -12,8 +13,8 @@ from vtpm_operator.problems import PolicyProblem, ProblemReason
 
 
 class SecretReader:
-    def __init__(self, core: CoreApi, namespace: str) -> None:
-        self.core = core
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.core = CoreApi(api)
         self.namespace = namespace
 
     def connection(self, config: VCenterConfig) -> tuple[Endpoint, Credentials]:
